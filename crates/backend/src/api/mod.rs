@@ -1,0 +1,30 @@
+//! The HTTP layer. Only this module knows status codes and JSON shapes; it turns requests into
+//! service calls and domain errors into problem+json.
+
+mod auth;
+mod docs;
+mod error;
+mod extract;
+mod health;
+mod rate_limit;
+mod router;
+
+use std::sync::Arc;
+
+use axum::extract::FromRef;
+
+pub use error::ApiError;
+pub use extract::{ClientAddrSource, Json};
+pub use rate_limit::AuthRateLimiter;
+pub use router::{openapi, router};
+
+use crate::{services::auth::AuthService, store::Store};
+
+/// Everything handlers share; cheap to clone. Handlers take the parts they need with `State<T>`.
+#[derive(Clone, FromRef)]
+pub struct AppState {
+    pub store: Store,
+    pub auth: Arc<dyn AuthService>,
+    pub auth_rate_limiter: Arc<AuthRateLimiter>,
+    pub client_addr: ClientAddrSource,
+}

@@ -1,0 +1,171 @@
+//! The plan's `FrontendService`: every route, and the middleware around them (request ids,
+//! tracing, panics, CORS, body limit, timeout). Routes come only from the feature routers below,
+//! each registered through `utoipa_axum::routes!`, so a route cannot exist without its OpenAPI
+//! description.
+
+use std::{any::Any, sync::Arc, time::Duration};
+
+use axum::{
+    Extension, Router,
+    extract::{DefaultBodyLimit, Request},
+    http::{HeaderName, HeaderValue, Method, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+};
+use tower::ServiceBuilder;
+use tower_http::{
+    catch_panic::CatchPanicLayer,
+    cors::{AllowOrigin, Any as AnyOrigin, CorsLayer},
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
+    trace::{DefaultOnResponse, TraceLayer},
+};
+use utoipa::{
+    Modify, OpenApi,
+    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+};
+use utoipa_axum::router::OpenApiRouter;
+use wire::{FieldError, Problem};
+
+use super::{ApiError, AppState, auth, docs, health};
+use crate::config::Config;
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "nim-backend",
+        description = "Multi-cloud provisioning control plane. Errors are `application/problem+json` (RFC 9457) with a stable `code`.",
+    ),
+    modifiers(&BearerAuth),
+    components(schemas(Problem, FieldError)),
+    tags(
+        (name = "auth", description = "Sign up, log in, refresh and log out"),
+        (name = "health", description = "Liveness and readiness probes"),
+        (name = "docs", description = "This API's description"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some("An access token from `POST /auth/login`"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Every feature's routes with their documentation; the one list of what the API serves.
+fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(health::router())
+        .merge(auth::router())
+        .merge(docs::router())
+}
+
+/// The OpenAPI document of everything [`router`] serves.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().split_for_parts().1
+}
+
+/// The complete HTTP service.
+pub fn router(state: AppState, config: &Config) -> Router {
+    let (routes, api) = routes().split_for_parts();
+    let api_json = api.to_json().expect("the OpenAPI document serializes");
+    let timeout = config.request_timeout();
+
+    let middleware = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &Request| {
+                    let request_id = request
+                        .extensions()
+                        .get::<RequestId>()
+                        .and_then(|id| id.header_value().to_str().ok())
+                        .unwrap_or_default();
+                    tracing::info_span!(
+                        "request",
+                        method = %request.method(),
+                        path = %request.uri().path(),
+                        request_id,
+                    )
+                })
+                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
+        )
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(tower::util::option_layer(cors(&config.cors_origins)))
+        .layer(middleware::from_fn(move |request: Request, next: Next| {
+            time_limit(timeout, request, next)
+        }));
+
+    routes
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(Extension(docs::OpenApiJson(Arc::new(api_json))))
+        .layer(DefaultBodyLimit::max(config.body_limit_bytes))
+        .layer(middleware)
+        .with_state(state)
+}
+
+/// The CORS policy for `NIM_CORS_ORIGINS`; none at all (same-origin only) when it is empty.
+fn cors(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow_origin = if origins.iter().any(|origin| origin == "*") {
+        AllowOrigin::from(AnyOrigin)
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|origin| match origin.parse::<HeaderValue>() {
+            Ok(value) => Some(value),
+            Err(_) => {
+                tracing::warn!(origin, "ignoring an unusable NIM_CORS_ORIGINS entry");
+                None
+            }
+        }))
+    };
+    let layer = CorsLayer::new()
+        .allow_origin(allow_origin)
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("idempotency-key"),
+            REQUEST_ID,
+        ])
+        .expose_headers([REQUEST_ID, header::RETRY_AFTER, header::LOCATION])
+        .max_age(Duration::from_secs(3600));
+    Some(layer)
+}
+
+/// Answers 503 `request_timeout` when a request outlives the configured limit. Dropping the
+/// handler's future cancels its work at the next await point.
+async fn time_limit(limit: Duration, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(limit_secs = limit.as_secs(), "request timed out");
+            ApiError::Timeout.into_response()
+        }
+    }
+}
+
+fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic");
+    ApiError::Internal(anyhow::anyhow!("handler panicked: {message}")).into_response()
+}

@@ -1,0 +1,172 @@
+//! The backend's one typed configuration: every setting is a flag with an environment variable,
+//! and the doc comments below are the `--help` text. With nothing set at all, the defaults give
+//! a working server (SQLite in `./data`, built-in auth).
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Parser, ValueEnum, builder::BoolishValueParser};
+use secrecy::{ExposeSecret, SecretString};
+
+/// nim-backend: multi-cloud provisioning control plane.
+///
+/// Every option can also be set through the environment variable shown with it; a `.env` file in
+/// the working directory (or one of its parents) is read at start when present.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "nim-backend", version, about, long_about)]
+pub struct Config {
+    /// Address and port the HTTP API listens on; port 0 picks a free port.
+    #[arg(long, env = "NIM_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Directory for the embedded database and generated keys; created when missing.
+    #[arg(long, env = "NIM_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Database connection string. Default: the SQLite file `<data dir>/nim.db`.
+    #[arg(long = "database-url", env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<SecretString>,
+
+    /// Most open database connections.
+    #[arg(long, env = "NIM_DB_MAX_CONNECTIONS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub db_max_connections: u32,
+
+    /// Log line format; the level comes from `RUST_LOG` (default `info`).
+    #[arg(long, env = "NIM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Origins allowed to call the API from a browser, comma-separated (`*` allows any). Empty:
+    /// no cross-origin access.
+    #[arg(long, env = "NIM_CORS_ORIGINS", value_delimiter = ',', num_args = 0..)]
+    pub cors_origins: Vec<String>,
+
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "NIM_BODY_LIMIT_BYTES", default_value_t = 1024 * 1024)]
+    pub body_limit_bytes: usize,
+
+    /// Seconds a request may take before it is answered with 503 `request_timeout`.
+    #[arg(long, env = "NIM_REQUEST_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_timeout_secs: u64,
+
+    /// Seconds in-flight requests get to finish after SIGTERM/SIGINT.
+    #[arg(long, env = "NIM_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    pub shutdown_grace_secs: u64,
+
+    /// Secret that signs access tokens (HS256), at least 32 bytes. Default: generated into
+    /// `<data dir>/jwt-secret` on first start and reused after.
+    #[arg(long, env = "NIM_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<SecretString>,
+
+    /// `iss` claim of the access tokens the built-in provider issues.
+    #[arg(long, env = "NIM_JWT_ISSUER", default_value = "nim-backend")]
+    pub jwt_issuer: String,
+
+    /// Lifetime of an access token, in seconds.
+    #[arg(long, env = "NIM_ACCESS_TOKEN_TTL_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(30..=86_400))]
+    pub access_token_ttl_secs: u64,
+
+    /// Lifetime of a login session (how long refreshing keeps working), in seconds.
+    #[arg(long, env = "NIM_SESSION_TTL_SECS", default_value_t = 30 * 86_400, value_parser = clap::value_parser!(u64).range(60..))]
+    pub session_ttl_secs: u64,
+
+    /// Login and signup attempts allowed per client address per minute.
+    #[arg(long, env = "NIM_AUTH_RATE_LIMIT_PER_MINUTE", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
+    pub auth_rate_limit_per_minute: u32,
+
+    /// Take the client address from the last `X-Forwarded-For` entry (only behind a proxy that
+    /// sets it; otherwise clients could pick their own address).
+    #[arg(long, env = "NIM_TRUST_FORWARDED_FOR", value_parser = BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
+    pub trust_forwarded_for: bool,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Config {
+    /// The database to use: `DATABASE_URL`, else the SQLite file in the data directory.
+    pub fn database_url(&self) -> SecretString {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => {
+                let path = self.data_dir.join("nim.db");
+                SecretString::from(format!("sqlite://{}?mode=rwc", path.display()))
+            }
+        }
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+
+    /// A configuration with every default, as if started with no flags or environment; tests and
+    /// benchmarks adjust it from there.
+    pub fn defaults() -> Self {
+        Self::parse_from(["nim-backend"])
+    }
+}
+
+/// A database URL with any password replaced, for logs and error messages.
+pub fn redact_database_url(url: &SecretString) -> String {
+    let url = url.expose_secret();
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}://{}:***@{}", &url[..scheme_end], user, &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_the_password_of_a_database_url() {
+        let url = SecretString::from("postgres://nim:hunter2@db.example:5432/nim");
+        assert_eq!(redact_database_url(&url), "postgres://nim:***@db.example:5432/nim");
+        let url = SecretString::from("sqlite://data/nim.db?mode=rwc");
+        assert_eq!(redact_database_url(&url), "sqlite://data/nim.db?mode=rwc");
+    }
+
+    #[test]
+    fn defaults_need_no_configuration() {
+        let config = Config::try_parse_from(["nim-backend"]).expect("defaults parse");
+        // The environment may legitimately configure these; only check the defaults when not.
+        if std::env::var_os("NIM_LISTEN").is_none() {
+            assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        }
+        if std::env::var_os("NIM_DATA_DIR").is_none() && std::env::var_os("DATABASE_URL").is_none()
+        {
+            assert_eq!(config.data_dir, PathBuf::from("./data"));
+            assert!(config.database_url().expose_secret().starts_with("sqlite://./data/nim.db"));
+        }
+    }
+
+    #[test]
+    fn cors_origins_split_on_commas() {
+        let config = Config::try_parse_from([
+            "nim-backend",
+            "--cors-origins",
+            "https://a.example,https://b.example",
+        ])
+        .unwrap();
+        assert_eq!(config.cors_origins, ["https://a.example", "https://b.example"]);
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        Config::command().debug_assert();
+    }
+}

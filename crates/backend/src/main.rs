@@ -1,0 +1,18 @@
+//! `nim-backend`: reads configuration, sets up logging, and runs the [`Application`].
+
+use clap::Parser;
+use nim_backend::{Application, Config, telemetry};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    // Before parsing, so `.env` values reach clap's `env` fallbacks.
+    let dotenv = dotenvy::dotenv();
+    let config = Config::parse();
+    telemetry::init(config.log_format);
+    match dotenv {
+        Ok(path) => tracing::info!(path = %path.display(), "read .env"),
+        Err(err) if err.not_found() => {}
+        Err(err) => anyhow::bail!("failed to read .env: {err}"),
+    }
+    Application::build(config).await?.run_until_stopped().await
+}

@@ -1,0 +1,174 @@
+//! The plan's `AuthService`: sign up, log in, refresh, log out and token verification behind one
+//! trait, so handlers never know which provider answers. `local` keeps users in our database;
+//! a Supabase provider (GoTrue over REST) implements the same trait.
+
+mod jwt;
+mod local;
+mod password;
+
+use std::net::IpAddr;
+
+use async_trait::async_trait;
+use secrecy::SecretString;
+use uuid::Uuid;
+use wire::{FieldError, Session, SignUpResponse, User};
+
+pub use jwt::{AccessClaims, JwtKeys};
+pub use local::LocalAuth;
+
+/// Audience and role of every signed-in user's token, as in Supabase.
+pub const AUTHENTICATED: &str = "authenticated";
+
+/// The signed-in caller, as established from a verified access token.
+#[derive(Debug, Clone)]
+pub struct AuthUser {
+    pub id: Uuid,
+    pub email: Option<String>,
+    pub role: String,
+    pub session_id: Option<Uuid>,
+    /// The bearer token itself, for providers that must pass it on (Supabase logout).
+    pub access_token: SecretString,
+}
+
+/// Email and password as the caller sent them.
+#[derive(Debug)]
+pub struct Credentials {
+    pub email: String,
+    pub password: SecretString,
+}
+
+/// Facts about the caller that sessions record.
+#[derive(Debug, Clone, Default)]
+pub struct ClientInfo {
+    pub ip: Option<IpAddr>,
+    pub user_agent: Option<String>,
+}
+
+/// Which sessions `log_out` ends, as in Supabase's `POST /logout?scope=`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogoutScope {
+    /// Only the session of the presented token.
+    #[default]
+    Local,
+    /// Every session of the user.
+    Global,
+    /// Every session of the user except the presented one.
+    Others,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("invalid login credentials")]
+    InvalidCredentials,
+    #[error("a user with this email address has already been registered")]
+    UserAlreadyExists,
+    #[error("{0}")]
+    WeakPassword(String),
+    #[error("invalid input")]
+    Validation(Vec<FieldError>),
+    #[error("{0}")]
+    InvalidToken(String),
+    #[error("the session has ended; log in again")]
+    SessionNotFound,
+    #[error("invalid refresh token: refresh token not found")]
+    RefreshTokenNotFound,
+    #[error("invalid refresh token: already used")]
+    RefreshTokenAlreadyUsed,
+    #[error("the session has expired or was logged out; log in again")]
+    SessionExpired,
+    #[error("the auth service is unavailable")]
+    Unavailable(#[source] anyhow::Error),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<crate::store::StoreError> for AuthError {
+    fn from(err: crate::store::StoreError) -> Self {
+        match err {
+            crate::store::StoreError::Unavailable(_) => Self::Unavailable(err.into()),
+            other => Self::Internal(other.into()),
+        }
+    }
+}
+
+/// Signs users up and in, and turns bearer tokens into [`AuthUser`]s.
+#[async_trait]
+pub trait AuthService: Send + Sync + 'static {
+    /// `local` or `supabase`, for logs and `/readyz`.
+    fn provider(&self) -> &'static str;
+
+    async fn sign_up(
+        &self,
+        credentials: Credentials,
+        client: &ClientInfo,
+    ) -> Result<SignUpResponse, AuthError>;
+
+    async fn log_in(
+        &self,
+        credentials: Credentials,
+        client: &ClientInfo,
+    ) -> Result<Session, AuthError>;
+
+    async fn refresh(&self, refresh_token: &str, client: &ClientInfo)
+    -> Result<Session, AuthError>;
+
+    async fn log_out(&self, user: &AuthUser, scope: LogoutScope) -> Result<(), AuthError>;
+
+    /// The user behind a verified token, as the provider currently knows them.
+    async fn user(&self, user: &AuthUser) -> Result<User, AuthError>;
+
+    /// Verifies an access token; must not need a network round trip in the common case.
+    async fn verify(&self, access_token: &str) -> Result<AuthUser, AuthError>;
+}
+
+/// The longest email address accepted (RFC 5321's path limit, and Supabase's 255).
+const MAX_EMAIL_LEN: usize = 254;
+
+/// Checks an email address's syntax and returns it trimmed and lower-cased.
+pub fn normalize_email(email: &str) -> Result<String, FieldError> {
+    let email = email.trim().to_lowercase();
+    if email.is_empty() {
+        return Err(FieldError::new("email", "an email address is required"));
+    }
+    if email.len() > MAX_EMAIL_LEN {
+        return Err(FieldError::new(
+            "email",
+            format!("the email address is longer than {MAX_EMAIL_LEN} characters"),
+        ));
+    }
+    // `email_address` accepts display forms and IP-literal domains; a sign-up address must be a
+    // plain `local@domain.tld`.
+    let valid = email_address::EmailAddress::parse_with_options(
+        &email,
+        email_address::Options::default().without_display_text().without_domain_literal(),
+    )
+    .is_ok_and(|parsed| parsed.domain().contains('.'));
+    if !valid {
+        return Err(FieldError::new("email", "unable to validate email address: invalid format"));
+    }
+    Ok(email)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_are_trimmed_lowercased_and_checked() {
+        assert_eq!(normalize_email("  Ada@Example.COM ").unwrap(), "ada@example.com");
+        for bad in [
+            "",
+            "ada",
+            "ada@",
+            "@example.com",
+            "ada@localhost",
+            "Ada <ada@example.com>",
+            "a b@example.com",
+        ] {
+            assert!(normalize_email(bad).is_err(), "{bad:?} was accepted");
+        }
+        let long = format!("{}@example.com", "a".repeat(250));
+        assert!(normalize_email(&long).unwrap_err().message.contains("longer than"));
+    }
+}

@@ -1,0 +1,4 @@
+//! The backend's services: domain logic between the HTTP layer and the store. Services know
+//! nothing of status codes; they return domain errors the API layer maps.
+
+pub mod auth;

@@ -1,0 +1,9 @@
+//! Wire types shared by `nim-backend`, `nim-agent` and `nimctl`: what travels over HTTP, and
+//! nothing else. Keeping them in one small crate means the CLI and the agent cannot drift from
+//! what the backend actually sends.
+
+pub mod auth;
+pub mod problem;
+
+pub use auth::{Session, SignUpResponse, User};
+pub use problem::{FieldError, Problem};
