@@ -3,11 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::{
-    extract::{Query, State},
-    http::StatusCode,
-    response::IntoResponse,
-};
+use axum::{extract::State, http::StatusCode, response::IntoResponse};
 use secrecy::SecretString;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
@@ -16,7 +12,7 @@ use wire::{Problem, Session, SignUpResponse, User};
 
 use super::{
     ApiError, AppState,
-    extract::{AuthAttempt, Json},
+    extract::{AuthAttempt, Json, Query},
 };
 use crate::services::auth::{AuthService, AuthUser, ClientInfo, Credentials, LogoutScope};
 

@@ -82,6 +82,10 @@ fn describe_data_error(path: &str, err: &serde_json::Error) -> (String, String) 
         .and_then(|rest| rest.split('`').next());
     let parent = if path == "." { "" } else { path };
     let field = match (named, parent) {
+        // An unknown field's path already ends with its own name.
+        (Some(name), parent) if parent == name || parent.ends_with(&format!(".{name}")) => {
+            parent.to_owned()
+        }
         (Some(name), "") => name.to_owned(),
         (Some(name), parent) => format!("{parent}.{name}"),
         (None, "") => "body".to_owned(),
@@ -97,6 +101,27 @@ fn has_json_content_type(headers: &HeaderMap) -> bool {
     let essence = value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
     essence == "application/json"
         || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Query-string parameters; a value that does not parse is 400 `invalid_query` naming it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Query<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for Query<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    #[allow(clippy::disallowed_types, reason = "this is the wrapper the lint points to")]
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::try_from_uri(&parts.uri).map(|q| Query(q.0)).map_err(|rejection| {
+            let text = rejection.body_text();
+            let detail = text.strip_prefix("Failed to deserialize query string: ").unwrap_or(&text);
+            ApiError::bad_request("invalid_query", format!("invalid query string: {detail}"))
+        })
+    }
 }
 
 impl<T: Serialize> IntoResponse for Json<T> {

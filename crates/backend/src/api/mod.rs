@@ -14,7 +14,7 @@ use std::sync::Arc;
 use axum::extract::FromRef;
 
 pub use error::ApiError;
-pub use extract::{ClientAddrSource, Json};
+pub use extract::{ClientAddrSource, Json, Query};
 pub use rate_limit::AuthRateLimiter;
 pub use router::{openapi, router};
 

@@ -1,0 +1,255 @@
+//! `spawn_app()` and typed request helpers shared by the integration tests.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::Path,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use reqwest::{Response, StatusCode, header::CONTENT_TYPE};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+/// The secret test servers sign tokens with, so tests can mint tokens of their own.
+pub const JWT_SECRET: &str = "integration-test-secret-of-at-least-32-bytes";
+pub const JWT_ISSUER: &str = "nim-backend";
+
+/// A running `nim-backend` process; killed when dropped.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    pub dir: TempDir,
+    child: Child,
+}
+
+/// Builder for a test server's environment.
+pub struct AppBuilder {
+    envs: Vec<(String, String)>,
+    dir: Option<TempDir>,
+    signing_secret: bool,
+}
+
+pub fn app() -> AppBuilder {
+    AppBuilder { envs: Vec::new(), dir: None, signing_secret: true }
+}
+
+pub async fn spawn_app() -> TestApp {
+    app().spawn().await
+}
+
+impl AppBuilder {
+    pub fn env(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.envs.push((key.to_owned(), value.into()));
+        self
+    }
+
+    /// Reuse a data directory (to restart a server over the same database).
+    pub fn dir(mut self, dir: TempDir) -> Self {
+        self.dir = Some(dir);
+        self
+    }
+
+    /// Start with no configuration at all: no signing secret, no data directory setting (the
+    /// default `./data` then lands in the process's working directory, the temporary dir).
+    pub fn bare(mut self) -> Self {
+        self.signing_secret = false;
+        self
+    }
+
+    pub async fn spawn(self) -> TestApp {
+        let dir = self.dir.unwrap_or_else(|| tempfile::tempdir().expect("temp dir"));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_nim-backend"));
+        // Nothing from the developer's environment may leak in; the working directory is the
+        // temp dir so no `.env` of the checkout is read either.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            if key.starts_with("NIM_") || key.starts_with("SUPABASE_") || key == "DATABASE_URL" {
+                command.env_remove(&*key);
+            }
+        }
+        command
+            .current_dir(dir.path())
+            .env("NIM_LISTEN", "127.0.0.1:0")
+            .env("NIM_LOG_FORMAT", "json")
+            .env("RUST_LOG", "info,sqlx=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if self.signing_secret {
+            command.env("NIM_DATA_DIR", dir.path().join("data")).env("NIM_JWT_SECRET", JWT_SECRET);
+        }
+        for (key, value) in &self.envs {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("failed to start nim-backend");
+        let addr = wait_for_listening(&mut child);
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("http client");
+        TestApp { addr, client, dir, child }
+    }
+}
+
+/// Reads the server's JSON log lines until it says where it listens; keeps draining stderr after
+/// that (a full pipe would block the server), echoing it when `TEST_LOG` is set.
+fn wait_for_listening(child: &mut Child) -> SocketAddr {
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let echo = std::env::var_os("TEST_LOG").is_some();
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if echo {
+                eprintln!("[nim-backend] {line}");
+            }
+            let Ok(value) = serde_json::from_str::<Value>(&line) else { continue };
+            if value["message"] == "listening" {
+                if let Some(addr) = value["addr"].as_str().and_then(|a| a.parse().ok()) {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(addr);
+                    }
+                }
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(addr) => addr,
+        Err(_) => {
+            let status = child.try_wait().ok().flatten();
+            let _ = child.kill();
+            panic!(
+                "nim-backend did not start listening (exit status: {status:?}); run with TEST_LOG=1"
+            );
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Response {
+        let mut request = self.client.get(self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.expect("request failed")
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Response {
+        self.client.post(self.url(path)).json(body).send().await.expect("request failed")
+    }
+
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        content_type: Option<&str>,
+        body: impl Into<reqwest::Body>,
+    ) -> Response {
+        let mut request = self.client.post(self.url(path)).body(body);
+        if let Some(content_type) = content_type {
+            request = request.header(CONTENT_TYPE, content_type);
+        }
+        request.send().await.expect("request failed")
+    }
+
+    pub async fn sign_up(&self, email: &str, password: &str) -> Response {
+        self.post_json("/auth/signup", &json!({ "email": email, "password": password })).await
+    }
+
+    pub async fn log_in(&self, email: &str, password: &str) -> Response {
+        self.post_json("/auth/login", &json!({ "email": email, "password": password })).await
+    }
+
+    pub async fn refresh(&self, refresh_token: &str) -> Response {
+        self.post_json("/auth/refresh", &json!({ "refresh_token": refresh_token })).await
+    }
+
+    pub async fn log_out(&self, token: &str, scope: Option<&str>) -> Response {
+        let path = scope.map_or("/auth/logout".to_owned(), |s| format!("/auth/logout?scope={s}"));
+        self.client.post(self.url(&path)).bearer_auth(token).send().await.expect("request failed")
+    }
+
+    /// Signs a new user up and logs them in; returns the login session.
+    pub async fn signed_in_user(&self, email: &str) -> Value {
+        let password = "correct horse battery";
+        assert_eq!(self.sign_up(email, password).await.status(), StatusCode::CREATED);
+        json_ok(self.log_in(email, password).await).await
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        for _ in 0..200 {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("nim-backend did not exit within 10 s of SIGTERM");
+    }
+
+    pub fn into_dir(mut self) -> TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::mem::replace(&mut self.dir, dir)
+    }
+}
+
+/// Asserts a 2xx answer and returns its JSON body.
+pub async fn json_ok(response: Response) -> Value {
+    let status = response.status();
+    let body = response.text().await.expect("body");
+    assert!(status.is_success(), "expected success, got {status}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|err| panic!("not JSON ({err}): {body}"))
+}
+
+/// Asserts a problem+json answer with this status and code; returns the body.
+pub async fn assert_problem(response: Response, status: u16, code: &str) -> Value {
+    let actual = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body = response.text().await.expect("body");
+    assert_eq!(actual, status, "unexpected status; body: {body}");
+    assert_eq!(content_type, "application/problem+json", "body: {body}");
+    let problem: Value = serde_json::from_str(&body).expect("problem body is JSON");
+    assert_eq!(problem["code"], code, "body: {body}");
+    assert_eq!(problem["status"], status, "body: {body}");
+    assert_eq!(problem["type"], format!("urn:nim:problem:{code}"));
+    assert!(problem["title"].as_str().is_some_and(|t| !t.is_empty()));
+    assert!(problem["detail"].as_str().is_some_and(|d| !d.is_empty()));
+    problem
+}
+
+/// The `field` of each entry of a validation problem's `errors`.
+pub fn error_fields(problem: &Value) -> Vec<&str> {
+    problem["errors"]
+        .as_array()
+        .map_or(Vec::new(), |errors| errors.iter().filter_map(|e| e["field"].as_str()).collect())
+}
+
+pub fn exists(path: &Path) -> bool {
+    path.try_exists().unwrap_or(false)
+}

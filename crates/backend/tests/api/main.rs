@@ -1,0 +1,9 @@
+//! The backend's integration tests: each starts the real `nim-backend` binary on `127.0.0.1:0`
+//! with its own data directory and drives it over HTTP. `TEST_LOG=1` shows the servers' logs.
+
+// A test binary is its own crate root: `pub` in its modules means "shared between tests".
+#![allow(unreachable_pub)]
+
+mod auth;
+mod helpers;
+mod server;
