@@ -93,3 +93,82 @@ mod tests {
         assert!(err.contains("8-byte secret"), "{err}");
     }
 }
+
+/// Seals secrets at rest (agent tokens, TLS keys, sensitive variables) with ChaCha20-Poly1305 under
+/// the key from `NIM_ENCRYPTION_KEY` (or the one generated into the data dir). A sealed value is
+/// `nonce (12 bytes) || ciphertext+tag`; a fresh random nonce per value.
+#[derive(Clone)]
+pub struct SecretBox {
+    cipher: chacha20poly1305::ChaCha20Poly1305,
+}
+
+impl std::fmt::Debug for SecretBox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretBox(..)")
+    }
+}
+
+const NONCE_LEN: usize = 12;
+
+impl SecretBox {
+    /// Builds the box from a base64 key of exactly 32 bytes.
+    pub fn new(key: &SecretString) -> anyhow::Result<Self> {
+        use chacha20poly1305::KeyInit;
+        use secrecy::ExposeSecret;
+        let bytes = STANDARD
+            .decode(key.expose_secret().trim())
+            .context("the encryption key (NIM_ENCRYPTION_KEY) is not valid base64")?;
+        let cipher = chacha20poly1305::ChaCha20Poly1305::new_from_slice(&bytes).map_err(|_| {
+            anyhow::anyhow!(
+                "the encryption key (NIM_ENCRYPTION_KEY) must be 32 bytes, base64-encoded"
+            )
+        })?;
+        Ok(Self { cipher })
+    }
+
+    pub fn seal(&self, plaintext: &[u8]) -> Vec<u8> {
+        use chacha20poly1305::aead::{Aead, AeadCore};
+        let nonce = chacha20poly1305::ChaCha20Poly1305::generate_nonce(&mut rand::rngs::OsRng);
+        let mut sealed = nonce.to_vec();
+        // Encryption with a valid key and nonce cannot fail for in-memory buffers.
+        sealed
+            .extend(self.cipher.encrypt(&nonce, plaintext).expect("ChaCha20-Poly1305 encryption"));
+        sealed
+    }
+
+    pub fn open(&self, sealed: &[u8]) -> anyhow::Result<Vec<u8>> {
+        use chacha20poly1305::aead::Aead;
+        anyhow::ensure!(sealed.len() > NONCE_LEN, "sealed value is truncated");
+        let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
+        self.cipher.decrypt(chacha20poly1305::Nonce::from_slice(nonce), ciphertext).map_err(|_| {
+            anyhow::anyhow!(
+                "a sealed secret does not open with this key (was NIM_ENCRYPTION_KEY changed?)"
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod secret_box_tests {
+    use super::*;
+
+    fn key() -> SecretString {
+        SecretString::from(STANDARD.encode([7u8; 32]))
+    }
+
+    #[test]
+    fn sealed_values_open_only_with_their_key_and_intact() {
+        let sealer = SecretBox::new(&key()).unwrap();
+        let sealed = sealer.seal(b"agent token");
+        assert_ne!(&sealed[NONCE_LEN..], b"agent token");
+        assert_eq!(sealer.open(&sealed).unwrap(), b"agent token");
+        assert_ne!(sealer.seal(b"agent token"), sealed, "nonces are fresh");
+
+        let mut tampered = sealed.clone();
+        *tampered.last_mut().unwrap() ^= 1;
+        assert!(sealer.open(&tampered).is_err());
+        let other = SecretBox::new(&SecretString::from(STANDARD.encode([8u8; 32]))).unwrap();
+        assert!(other.open(&sealed).unwrap_err().to_string().contains("NIM_ENCRYPTION_KEY"));
+        assert!(SecretBox::new(&SecretString::from(STANDARD.encode([1u8; 16]))).is_err());
+    }
+}

@@ -43,22 +43,28 @@ CREATE INDEX refresh_tokens_session_id_idx ON refresh_tokens (session_id);
 
 -- A deployment: one Terraform workspace of one provider module, owned by one user. `owner_id`
 -- is the auth provider's user id (`sub`), deliberately without a foreign key (see users).
+-- `variables` holds the caller's non-sensitive variables, `backend_variables` the non-secret
+-- ones the backend fills (ports, ids); `secrets` is a sealed JSON object (agent token, TLS key,
+-- sensitive variables) that only the application's encryption key opens.
 CREATE TABLE deployments (
-    id              BLOB PRIMARY KEY NOT NULL,
-    owner_id        BLOB NOT NULL,
-    name            TEXT NOT NULL,
-    provider        TEXT NOT NULL,
-    status          TEXT NOT NULL CHECK (status IN
-                        ('pending', 'provisioning', 'ready', 'updating', 'destroying', 'destroyed', 'failed')),
-    variables       TEXT NOT NULL DEFAULT '{}',
-    idempotency_key TEXT,
-    request_hash    BLOB,
-    error           TEXT,
-    created_at      TEXT NOT NULL,
-    updated_at      TEXT NOT NULL,
+    id                BLOB PRIMARY KEY NOT NULL,
+    owner_id          BLOB NOT NULL,
+    name              TEXT NOT NULL,
+    provider          TEXT NOT NULL,
+    status            TEXT NOT NULL CHECK (status IN
+                          ('pending', 'provisioning', 'ready', 'updating', 'destroying', 'destroyed', 'failed')),
+    status_reason     TEXT,
+    variables         TEXT NOT NULL DEFAULT '{}',
+    backend_variables TEXT NOT NULL DEFAULT '{}',
+    secrets           BLOB NOT NULL,
+    tls_cert          TEXT NOT NULL,
+    idempotency_key   TEXT,
+    request_hash      BLOB,
+    created_at        TEXT NOT NULL,
+    updated_at        TEXT NOT NULL,
     CONSTRAINT deployments_owner_idempotency_key UNIQUE (owner_id, idempotency_key)
 );
-CREATE INDEX deployments_owner_created_idx ON deployments (owner_id, created_at);
+CREATE INDEX deployments_owner_id_idx ON deployments (owner_id, id);
 
 -- Machines a deployment's Terraform outputs describe, with what the health checker last saw.
 CREATE TABLE machines (
@@ -77,14 +83,19 @@ CREATE TABLE machines (
 );
 
 -- Terraform runs. At most one queued or running run per deployment, enforced by the index below
--- rather than by a read-then-write check.
+-- rather than by a read-then-write check. A worker holds a running run by its lease; a run whose
+-- lease lapsed belonged to a worker that died, and is marked interrupted and re-queued once
+-- (`attempt` counts those re-queues).
 CREATE TABLE runs (
     id                  BLOB PRIMARY KEY NOT NULL,
     deployment_id       BLOB NOT NULL REFERENCES deployments (id) ON DELETE CASCADE,
     kind                TEXT NOT NULL CHECK (kind IN ('apply', 'destroy')),
     status              TEXT NOT NULL CHECK (status IN
                             ('queued', 'running', 'succeeded', 'failed', 'cancelled', 'interrupted')),
+    attempt             INTEGER NOT NULL DEFAULT 0,
     error               TEXT,
+    progress_done       INTEGER NOT NULL DEFAULT 0,
+    progress_total      INTEGER NOT NULL DEFAULT 0,
     lease_owner         TEXT,
     lease_expires_at    TEXT,
     cancel_requested_at TEXT,
@@ -94,20 +105,22 @@ CREATE TABLE runs (
 );
 CREATE UNIQUE INDEX runs_one_active_per_deployment ON runs (deployment_id)
     WHERE status IN ('queued', 'running');
-CREATE INDEX runs_deployment_created_idx ON runs (deployment_id, created_at);
+CREATE INDEX runs_deployment_id_idx ON runs (deployment_id, id);
 CREATE INDEX runs_status_idx ON runs (status, created_at);
 
--- The run's log: Terraform's JSON UI messages and our own steps, in order.
+-- The run's log: Terraform's JSON UI messages and our own steps. `id` orders every event of a
+-- deployment across its runs (it is the SSE event id); `seq` numbers them within a run.
 CREATE TABLE run_events (
-    run_id  BLOB NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
-    seq     INTEGER NOT NULL,
-    at      TEXT NOT NULL,
-    level   TEXT NOT NULL,
-    kind    TEXT NOT NULL,
-    message TEXT NOT NULL,
-    data    TEXT,
-    PRIMARY KEY (run_id, seq)
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id        BLOB NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    deployment_id BLOB NOT NULL REFERENCES deployments (id) ON DELETE CASCADE,
+    seq           INTEGER NOT NULL,
+    at            TEXT NOT NULL,
+    kind          TEXT NOT NULL,
+    data          TEXT NOT NULL,
+    CONSTRAINT run_events_run_seq_key UNIQUE (run_id, seq)
 );
+CREATE INDEX run_events_deployment_idx ON run_events (deployment_id, id);
 
 -- Commands sent to a deployment's machines, and one result per machine.
 CREATE TABLE commands (

@@ -2,3 +2,4 @@
 //! nothing of status codes; they return domain errors the API layer maps.
 
 pub mod auth;
+pub mod terraform;

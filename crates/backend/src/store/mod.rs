@@ -7,6 +7,8 @@
 //! Adding Postgres means adding a `Db` variant, its migrations and the few queries whose dialects
 //! really differ; services do not change.
 
+mod deployments;
+mod runs;
 mod sessions;
 mod users;
 
@@ -18,6 +20,10 @@ use sqlx::{
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
+pub use deployments::{
+    DeploymentQuery, DeploymentRow, DeploymentStatusText, MachineRow, NewMachine,
+};
+pub use runs::{InterruptedRun, RunEventRow, RunRow};
 pub use sessions::{AuthSessionRow, RefreshOutcome, SessionSelector};
 pub use users::UserRow;
 
@@ -79,8 +85,14 @@ fn constraint_columns(name: &str) -> Option<&'static str> {
         "refresh_tokens_token_hash_key" => "refresh_tokens.token_hash",
         "deployments_owner_idempotency_key" => "deployments.owner_id, deployments.idempotency_key",
         "machines_deployment_name_key" => "machines.deployment_id, machines.name",
+        "runs_one_active_per_deployment" => "runs.deployment_id",
         _ => return None,
     })
+}
+
+/// `$start, $start+1, ...`: `count` numbered placeholders for an `IN (...)` list.
+pub(crate) fn placeholders(start: usize, count: usize) -> String {
+    (start..start + count).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ")
 }
 
 impl From<sqlx::Error> for StoreError {

@@ -1,0 +1,11 @@
+//! The plan's `TerraformService`: the module catalog, per-deployment workspaces, and running the
+//! Terraform CLI with its JSON UI streamed into run events.
+
+pub mod module;
+pub mod runner;
+pub mod types;
+pub mod ui;
+
+pub use module::{Module, ModuleCatalog, Variable};
+pub use runner::{Exit, StopSignals, Terraform};
+pub use types::TypeConstraint;

@@ -1,0 +1,436 @@
+//! The module catalog: every `<modules dir>/<provider>/*.tf`, parsed at start. It knows each
+//! module's variables and outputs, refuses modules that break the contract from the design brief,
+//! and validates a caller's variables before anything runs.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, bail};
+use hcl::{Block, Body, Expression};
+use serde_json::{Map, Value};
+use wire::FieldError;
+
+use super::types::TypeConstraint;
+
+/// Variables every module must declare; the backend fills them, callers may not.
+pub const CONTRACT_VARIABLES: [&str; 6] = [
+    "deployment_id",
+    "machine_count",
+    "agent_token",
+    "agent_tls_cert",
+    "agent_tls_key",
+    "agent_port",
+];
+/// Contract variables that carry secrets and must be declared `sensitive = true`.
+pub const SENSITIVE_VARIABLES: [&str; 3] = ["agent_token", "agent_tls_cert", "agent_tls_key"];
+/// Variables the backend fills when a module declares them (beyond the contract): how machines
+/// get the agent (`agent_binary` locally, `agent_download_url` + `agent_sha256` in clouds) and the
+/// per-machine ports of the local module.
+pub const BACKEND_VARIABLES: [&str; 9] = [
+    "deployment_id",
+    "agent_token",
+    "agent_tls_cert",
+    "agent_tls_key",
+    "agent_port",
+    "agent_binary",
+    "agent_download_url",
+    "agent_sha256",
+    "agent_ports",
+];
+
+/// A module variable as declared.
+#[derive(Debug, Clone)]
+pub struct Variable {
+    pub name: String,
+    pub ty: TypeConstraint,
+    pub default: Option<Value>,
+    pub description: Option<String>,
+    pub sensitive: bool,
+    pub nullable: bool,
+}
+
+impl Variable {
+    /// The backend sets this one; callers cannot.
+    pub fn backend_filled(&self) -> bool {
+        BACKEND_VARIABLES.contains(&self.name.as_str())
+    }
+
+    /// The caller must give a value.
+    pub fn required(&self) -> bool {
+        self.default.is_none() && !self.backend_filled()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub name: String,
+    pub description: Option<String>,
+    pub sensitive: bool,
+}
+
+/// One provider module.
+#[derive(Debug, Clone)]
+pub struct Module {
+    pub name: String,
+    pub dir: PathBuf,
+    pub variables: BTreeMap<String, Variable>,
+    pub outputs: BTreeMap<String, Output>,
+}
+
+/// Every module found in the modules directory, by provider name.
+#[derive(Debug, Clone, Default)]
+pub struct ModuleCatalog {
+    root: PathBuf,
+    modules: BTreeMap<String, Module>,
+}
+
+impl ModuleCatalog {
+    /// Loads every module under `root`; any module that fails to parse or breaks the contract
+    /// fails the whole load with a message naming the file and what is wrong.
+    pub fn load(root: &Path) -> anyhow::Result<Self> {
+        let entries = fs::read_dir(root).with_context(|| {
+            format!("failed to read the modules directory {} (NIM_MODULES_DIR)", root.display())
+        })?;
+        let mut modules = BTreeMap::new();
+        for entry in entries {
+            let entry = entry.with_context(|| format!("failed to read {}", root.display()))?;
+            let dir = entry.path();
+            if !dir.is_dir() || tf_files(&dir)?.is_empty() {
+                continue; // shared templates and other non-module folders
+            }
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !is_valid_provider_name(&name) {
+                bail!(
+                    "module folder {} must be named with lowercase letters, digits, - and _",
+                    dir.display()
+                );
+            }
+            let module = Module::load(&name, &dir)?;
+            modules.insert(name, module);
+        }
+        if modules.is_empty() {
+            bail!(
+                "no modules found in {} (NIM_MODULES_DIR): expected <provider>/*.tf",
+                root.display()
+            );
+        }
+        Ok(Self { root: root.to_owned(), modules })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn get(&self, provider: &str) -> Option<&Module> {
+        self.modules.get(provider)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.modules.keys().map(String::as_str)
+    }
+
+    pub fn modules(&self) -> impl Iterator<Item = &Module> {
+        self.modules.values()
+    }
+}
+
+fn is_valid_provider_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
+fn tf_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in fs::read_dir(dir).with_context(|| format!("failed to read {}", dir.display()))? {
+        let path = entry.with_context(|| format!("failed to read {}", dir.display()))?.path();
+        if path.is_file() && path.extension().is_some_and(|ext| ext == "tf") {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+impl Module {
+    fn load(name: &str, dir: &Path) -> anyhow::Result<Self> {
+        let mut variables = BTreeMap::new();
+        let mut outputs = BTreeMap::new();
+        for file in tf_files(dir)? {
+            let text = fs::read_to_string(&file)
+                .with_context(|| format!("failed to read {}", file.display()))?;
+            let body: Body = hcl::from_str(&text)
+                .with_context(|| format!("{} is not valid HCL", file.display()))?;
+            for block in body.blocks() {
+                let label = || -> anyhow::Result<String> {
+                    match block.labels() {
+                        [label] => Ok(label.as_str().to_owned()),
+                        _ => bail!(
+                            "{}: a `{}` block needs one name",
+                            file.display(),
+                            block.identifier()
+                        ),
+                    }
+                };
+                match block.identifier() {
+                    "variable" => {
+                        let variable = parse_variable(label()?, block).with_context(|| {
+                            format!(
+                                "{}: variable \"{}\"",
+                                file.display(),
+                                label().unwrap_or_default()
+                            )
+                        })?;
+                        variables.insert(variable.name.clone(), variable);
+                    }
+                    "output" => {
+                        let name = label()?;
+                        outputs.insert(
+                            name.clone(),
+                            Output {
+                                name,
+                                description: string_attribute(block, "description"),
+                                sensitive: bool_attribute(block, "sensitive").unwrap_or(false),
+                            },
+                        );
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let module = Self { name: name.to_owned(), dir: dir.to_owned(), variables, outputs };
+        module.check_contract()?;
+        Ok(module)
+    }
+
+    /// The module contract from the design brief.
+    fn check_contract(&self) -> anyhow::Result<()> {
+        let dir = self.dir.display();
+        let missing: Vec<_> =
+            CONTRACT_VARIABLES.iter().filter(|name| !self.variables.contains_key(**name)).collect();
+        if !missing.is_empty() {
+            bail!(
+                "module {dir} breaks the module contract: it does not declare the variable(s) {missing:?}"
+            );
+        }
+        for name in SENSITIVE_VARIABLES {
+            if !self.variables[name].sensitive {
+                bail!(
+                    "module {dir} breaks the module contract: variable \"{name}\" must be `sensitive = true`"
+                );
+            }
+        }
+        if !self.variables.contains_key("agent_binary")
+            && !self.variables.contains_key("agent_download_url")
+        {
+            bail!(
+                "module {dir} breaks the module contract: it declares neither \"agent_download_url\" (cloud modules) nor \"agent_binary\" (local), so machines cannot get the agent"
+            );
+        }
+        if !self.outputs.contains_key("machines") {
+            bail!(
+                "module {dir} breaks the module contract: it has no output \"machines\" (list of {{name, public_ip, private_ip}})"
+            );
+        }
+        Ok(())
+    }
+
+    /// Checks a caller's variables against the declarations: unknown names, backend-filled
+    /// names, missing required ones, nulls where not nullable, and type mismatches. Errors name
+    /// the field as `variables.<name>...`.
+    pub fn validate_variables(&self, given: &Map<String, Value>) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        for (name, value) in given {
+            let field = format!("variables.{name}");
+            match self.variables.get(name) {
+                None => errors.push(FieldError::new(
+                    field,
+                    format!("module \"{}\" has no variable \"{name}\"", self.name),
+                )),
+                Some(variable) if variable.backend_filled() => {
+                    errors
+                        .push(FieldError::new(field, "is set by the backend and cannot be given"));
+                }
+                Some(variable) => {
+                    if value.is_null() && !variable.nullable {
+                        errors.push(FieldError::new(field, "must not be null"));
+                    } else {
+                        variable.ty.check(value, &field, &mut errors);
+                    }
+                }
+            }
+        }
+        for variable in self.variables.values() {
+            if variable.required() && !given.contains_key(&variable.name) {
+                errors.push(FieldError::new(format!("variables.{}", variable.name), "is required"));
+            }
+        }
+        errors
+    }
+
+    /// The number of machines the given variables ask for (`machine_count`, or its default).
+    pub fn machine_count(&self, given: &Map<String, Value>) -> Option<u64> {
+        given
+            .get("machine_count")
+            .or_else(|| self.variables.get("machine_count")?.default.as_ref())
+            .and_then(Value::as_u64)
+    }
+}
+
+fn parse_variable(name: String, block: &Block) -> anyhow::Result<Variable> {
+    let ty = match attribute(block, "type") {
+        Some(expr) => {
+            TypeConstraint::parse(expr).map_err(|err| anyhow::anyhow!("invalid type: {err}"))?
+        }
+        None => TypeConstraint::Any,
+    };
+    let default = attribute(block, "default")
+        .map(literal)
+        .transpose()
+        .context("default must be a literal value")?;
+    Ok(Variable {
+        name,
+        ty,
+        default,
+        description: string_attribute(block, "description"),
+        sensitive: bool_attribute(block, "sensitive").unwrap_or(false),
+        nullable: bool_attribute(block, "nullable").unwrap_or(true),
+    })
+}
+
+fn attribute<'a>(block: &'a Block, key: &str) -> Option<&'a Expression> {
+    block.body().attributes().find(|attr| attr.key() == key).map(|attr| attr.expr())
+}
+
+fn string_attribute(block: &Block, key: &str) -> Option<String> {
+    match attribute(block, key)? {
+        Expression::String(s) => Some(s.clone()),
+        other => literal(other).ok().and_then(|v| v.as_str().map(str::to_owned)),
+    }
+}
+
+fn bool_attribute(block: &Block, key: &str) -> Option<bool> {
+    match attribute(block, key)? {
+        Expression::Bool(b) => Some(*b),
+        _ => None,
+    }
+}
+
+/// A literal HCL expression (no references) as JSON.
+fn literal(expr: &Expression) -> anyhow::Result<Value> {
+    use hcl::eval::Evaluate;
+    let value =
+        expr.evaluate(&hcl::eval::Context::new()).map_err(|err| anyhow::anyhow!("{err}"))?;
+    Ok(serde_json::to_value(value)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    const CONTRACT: &str = r#"
+variable "deployment_id" { type = string }
+variable "machine_count" {
+  type    = number
+  default = 1
+}
+variable "agent_token" {
+  type      = string
+  sensitive = true
+}
+variable "agent_tls_cert" {
+  type      = string
+  sensitive = true
+}
+variable "agent_tls_key" {
+  type      = string
+  sensitive = true
+}
+variable "agent_port" { type = number }
+variable "agent_binary" { type = string }
+"#;
+
+    fn write_module(root: &Path, name: &str, extra: &str) {
+        let dir = root.join(name);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("variables.tf"), CONTRACT).unwrap();
+        fs::write(dir.join("main.tf"), extra).unwrap();
+    }
+
+    const OUTPUT: &str = "output \"machines\" {\n  value = []\n}\n";
+
+    #[test]
+    fn loads_variables_and_outputs_of_each_module() {
+        let root = tempfile::tempdir().unwrap();
+        let extra = format!(
+            "{OUTPUT}variable \"region\" {{\n  type = string\n  description = \"Where\"\n}}\nvariable \"tags\" {{\n  type = map(string)\n  default = {{}}\n}}\n"
+        );
+        write_module(root.path(), "demo", &extra);
+        fs::create_dir_all(root.path().join("shared")).unwrap(); // not a module: no .tf
+        let catalog = ModuleCatalog::load(root.path()).unwrap();
+        assert_eq!(catalog.names().collect::<Vec<_>>(), ["demo"]);
+        let module = catalog.get("demo").unwrap();
+        let region = &module.variables["region"];
+        assert_eq!(region.description.as_deref(), Some("Where"));
+        assert!(region.required());
+        assert_eq!(module.variables["tags"].default, Some(json!({})));
+        assert!(module.variables["agent_token"].sensitive);
+        assert!(module.variables["agent_token"].backend_filled());
+        assert!(!module.variables["machine_count"].required());
+        assert!(module.outputs.contains_key("machines"));
+    }
+
+    #[test]
+    fn a_module_breaking_the_contract_is_refused_naming_what_is_missing() {
+        let root = tempfile::tempdir().unwrap();
+        write_module(root.path(), "nooutput", "");
+        let err = format!("{:#}", ModuleCatalog::load(root.path()).unwrap_err());
+        assert!(err.contains("no output \"machines\""), "{err}");
+
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("partial");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("main.tf"), format!("{OUTPUT}variable \"deployment_id\" {{}}\n"))
+            .unwrap();
+        let err = format!("{:#}", ModuleCatalog::load(root.path()).unwrap_err());
+        assert!(err.contains("agent_token") && err.contains("partial"), "{err}");
+
+        let root = tempfile::tempdir().unwrap();
+        write_module(root.path(), "broken", "variable \"x\" { type = lisst(string) }\n");
+        let err = format!("{:#}", ModuleCatalog::load(root.path()).unwrap_err());
+        assert!(err.contains("main.tf") && err.contains("lisst"), "{err}");
+    }
+
+    #[test]
+    fn variables_are_validated_by_name_presence_and_type() {
+        let root = tempfile::tempdir().unwrap();
+        write_module(
+            root.path(),
+            "demo",
+            &format!(
+                "{OUTPUT}variable \"region\" {{ type = string }}\nvariable \"size\" {{\n  type = number\n  default = 1\n  nullable = false\n}}\n"
+            ),
+        );
+        let catalog = ModuleCatalog::load(root.path()).unwrap();
+        let module = catalog.get("demo").unwrap();
+        let check = |value: Value| {
+            let errors = module.validate_variables(value.as_object().unwrap());
+            errors.into_iter().map(|e| e.field).collect::<Vec<_>>()
+        };
+        assert!(check(json!({"region": "eu", "machine_count": 3})).is_empty());
+        assert_eq!(check(json!({})), ["variables.region"]);
+        assert_eq!(check(json!({"region": 1})), ["variables.region"]);
+        assert_eq!(check(json!({"region": "eu", "bogus": 1})), ["variables.bogus"]);
+        assert_eq!(check(json!({"region": "eu", "agent_token": "x"})), ["variables.agent_token"]);
+        assert_eq!(check(json!({"region": "eu", "size": null})), ["variables.size"]);
+        assert_eq!(module.machine_count(json!({"machine_count": 3}).as_object().unwrap()), Some(3));
+        assert_eq!(module.machine_count(&Map::new()), Some(1));
+    }
+}

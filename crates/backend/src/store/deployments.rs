@@ -1,0 +1,316 @@
+//! Deployments and their machines.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::types::Json;
+use uuid::Uuid;
+
+use super::{RunRow, Store, StoreError, StoreResult, on_db, placeholders};
+use crate::domain::{DeploymentStatus, MachineStatus};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DeploymentRow {
+    pub id: Uuid,
+    pub owner_id: Uuid,
+    pub name: String,
+    pub provider: String,
+    #[sqlx(try_from = "String")]
+    pub status: DeploymentStatusText,
+    pub status_reason: Option<String>,
+    pub variables: Json<serde_json::Map<String, Value>>,
+    pub backend_variables: Json<serde_json::Map<String, Value>>,
+    pub secrets: Vec<u8>,
+    pub tls_cert: String,
+    pub idempotency_key: Option<String>,
+    pub request_hash: Option<Vec<u8>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A status column decoded into the domain enum (rows keep the text portable across dialects).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeploymentStatusText(pub DeploymentStatus);
+
+impl TryFrom<String> for DeploymentStatusText {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        text.parse().map(Self)
+    }
+}
+
+impl DeploymentRow {
+    pub fn status(&self) -> DeploymentStatus {
+        self.status.0
+    }
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct MachineRow {
+    pub id: Uuid,
+    pub deployment_id: Uuid,
+    pub name: String,
+    pub public_ip: Option<String>,
+    pub private_ip: Option<String>,
+    pub agent_port: Option<i64>,
+    pub status: String,
+    pub last_seen_at: Option<DateTime<Utc>>,
+    pub info: Option<Json<Value>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A machine as a module's `machines` output describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMachine {
+    pub name: String,
+    pub public_ip: Option<String>,
+    pub private_ip: Option<String>,
+    pub agent_port: Option<u16>,
+}
+
+const DEPLOYMENT_COLUMNS: &str = "id, owner_id, name, provider, status, status_reason, variables, \
+    backend_variables, secrets, tls_cert, idempotency_key, request_hash, created_at, updated_at";
+
+const MACHINE_COLUMNS: &str = "id, deployment_id, name, public_ip, private_ip, agent_port, status, \
+    last_seen_at, info, created_at, updated_at";
+
+/// Filter and page of a deployment listing.
+#[derive(Debug, Clone, Default)]
+pub struct DeploymentQuery {
+    pub status: Option<DeploymentStatus>,
+    /// Only deployments older than this one (the previous page's last id).
+    pub before: Option<Uuid>,
+    pub limit: u32,
+}
+
+impl Store {
+    /// Creates a deployment and its first run in one transaction. A reused idempotency key is
+    /// `Conflict("deployments_owner_idempotency_key")`.
+    #[tracing::instrument(skip_all, fields(deployment_id = %deployment.id))]
+    pub async fn create_deployment(
+        &self,
+        deployment: &DeploymentRow,
+        run: &RunRow,
+    ) -> StoreResult<()> {
+        on_db!(self, |pool| async {
+            let mut tx = pool.begin().await?;
+            sqlx::query(&format!(
+                "INSERT INTO deployments ({DEPLOYMENT_COLUMNS}) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+            ))
+            .bind(deployment.id)
+            .bind(deployment.owner_id)
+            .bind(&deployment.name)
+            .bind(&deployment.provider)
+            .bind(deployment.status().as_str())
+            .bind(&deployment.status_reason)
+            .bind(&deployment.variables)
+            .bind(&deployment.backend_variables)
+            .bind(&deployment.secrets)
+            .bind(&deployment.tls_cert)
+            .bind(&deployment.idempotency_key)
+            .bind(&deployment.request_hash)
+            .bind(deployment.created_at)
+            .bind(deployment.updated_at)
+            .execute(&mut *tx)
+            .await?;
+            Self::insert_run(&mut tx, run).await?;
+            tx.commit().await
+        }
+        .await)
+        .map_err(|err| StoreError::classify(err, &["deployments_owner_idempotency_key"]))
+    }
+
+    /// A deployment of `owner_id`; another owner's deployment is `None`, exactly like a missing one.
+    #[tracing::instrument(skip_all, fields(deployment_id = %id))]
+    pub async fn find_deployment(
+        &self,
+        owner_id: Uuid,
+        id: Uuid,
+    ) -> StoreResult<Option<DeploymentRow>> {
+        let sql =
+            format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE id = $1 AND owner_id = $2");
+        Ok(on_db!(self, |pool| sqlx::query_as(&sql)
+            .bind(id)
+            .bind(owner_id)
+            .fetch_optional(pool)
+            .await)?)
+    }
+
+    /// A deployment whatever its owner, for the run worker.
+    #[tracing::instrument(skip_all, fields(deployment_id = %id))]
+    pub async fn deployment(&self, id: Uuid) -> StoreResult<Option<DeploymentRow>> {
+        let sql = format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE id = $1");
+        Ok(on_db!(self, |pool| sqlx::query_as(&sql).bind(id).fetch_optional(pool).await)?)
+    }
+
+    #[tracing::instrument(skip_all)]
+    pub async fn find_deployment_by_idempotency_key(
+        &self,
+        owner_id: Uuid,
+        key: &str,
+    ) -> StoreResult<Option<DeploymentRow>> {
+        let sql = format!(
+            "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE owner_id = $1 AND idempotency_key = $2"
+        );
+        Ok(on_db!(self, |pool| sqlx::query_as(&sql)
+            .bind(owner_id)
+            .bind(key)
+            .fetch_optional(pool)
+            .await)?)
+    }
+
+    /// The owner's deployments, newest first (ids are time-ordered UUIDv7).
+    #[tracing::instrument(skip_all)]
+    pub async fn list_deployments(
+        &self,
+        owner_id: Uuid,
+        query: &DeploymentQuery,
+    ) -> StoreResult<Vec<DeploymentRow>> {
+        let sql = format!(
+            "SELECT {DEPLOYMENT_COLUMNS} FROM deployments \
+             WHERE owner_id = $1 AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR id < $3) \
+             ORDER BY id DESC LIMIT $4"
+        );
+        let status = query.status.map(DeploymentStatus::as_str);
+        Ok(on_db!(self, |pool| {
+            sqlx::query_as(&sql)
+                .bind(owner_id)
+                .bind(status)
+                .bind(query.before)
+                .bind(i64::from(query.limit))
+                .fetch_all(pool)
+                .await
+        })?)
+    }
+
+    /// Moves a deployment to `to` if it is in one of `from`; `false` when it was not (someone
+    /// else moved it first). Never read-then-write.
+    #[tracing::instrument(skip_all, fields(deployment_id = %id, to = %to))]
+    pub async fn transition_deployment(
+        &self,
+        id: Uuid,
+        from: &[DeploymentStatus],
+        to: DeploymentStatus,
+        reason: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let sql = format!(
+            "UPDATE deployments SET status = $1, status_reason = $2, updated_at = $3 \
+             WHERE id = $4 AND status IN ({})",
+            placeholders(5, from.len())
+        );
+        let done = on_db!(self, |pool| {
+            let mut query = sqlx::query(&sql).bind(to.as_str()).bind(reason).bind(now).bind(id);
+            for status in from {
+                query = query.bind(status.as_str());
+            }
+            query.execute(pool).await
+        })?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Queues `run` (a destroy) and moves the deployment to `destroying`, in one transaction.
+    /// `Ok(false)` when the deployment is not in a destroyable state; a run already queued or
+    /// running is `Conflict("runs_one_active_per_deployment")`.
+    #[tracing::instrument(skip_all, fields(deployment_id = %run.deployment_id))]
+    pub async fn queue_destroy(&self, run: &RunRow, now: DateTime<Utc>) -> StoreResult<bool> {
+        let from = DeploymentStatus::DESTROYABLE;
+        let sql = format!(
+            "UPDATE deployments SET status = $1, status_reason = NULL, updated_at = $2 \
+             WHERE id = $3 AND status IN ({})",
+            placeholders(4, from.len())
+        );
+        on_db!(self, |pool| async {
+            let mut tx = pool.begin().await?;
+            // The insert comes first: the one-active-run index refuses it while a run is active,
+            // before the deployment's status is touched.
+            Self::insert_run(&mut tx, run).await?;
+            let mut query = sqlx::query(&sql)
+                .bind(DeploymentStatus::Destroying.as_str())
+                .bind(now)
+                .bind(run.deployment_id);
+            for status in from {
+                query = query.bind(status.as_str());
+            }
+            if query.execute(&mut *tx).await?.rows_affected() == 0 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            tx.commit().await?;
+            Ok(true)
+        }
+        .await)
+        .map_err(|err: sqlx::Error| StoreError::classify(err, &["runs_one_active_per_deployment"]))
+    }
+
+    /// Replaces a deployment's machines with those of its latest Terraform outputs.
+    #[tracing::instrument(skip_all, fields(deployment_id = %deployment_id, count = machines.len()))]
+    pub async fn replace_machines(
+        &self,
+        deployment_id: Uuid,
+        machines: &[NewMachine],
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        on_db!(self, |pool| async {
+            let mut tx = pool.begin().await?;
+            sqlx::query("DELETE FROM machines WHERE deployment_id = $1")
+                .bind(deployment_id)
+                .execute(&mut *tx)
+                .await?;
+            for machine in machines {
+                sqlx::query(&format!(
+                    "INSERT INTO machines ({MACHINE_COLUMNS}) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, NULL, $8, $8)"
+                ))
+                .bind(Uuid::now_v7())
+                .bind(deployment_id)
+                .bind(&machine.name)
+                .bind(&machine.public_ip)
+                .bind(&machine.private_ip)
+                .bind(machine.agent_port.map(i64::from))
+                .bind(MachineStatus::Unknown.as_str())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await
+        }
+        .await)
+        .map_err(|err| StoreError::classify(err, &["machines_deployment_name_key"]))
+    }
+
+    #[tracing::instrument(skip_all, fields(deployment_id = %deployment_id))]
+    pub async fn list_machines(&self, deployment_id: Uuid) -> StoreResult<Vec<MachineRow>> {
+        let sql = format!(
+            "SELECT {MACHINE_COLUMNS} FROM machines WHERE deployment_id = $1 ORDER BY name"
+        );
+        Ok(on_db!(self, |pool| sqlx::query_as(&sql).bind(deployment_id).fetch_all(pool).await)?)
+    }
+
+    /// Records what the health checker saw of a machine.
+    #[tracing::instrument(skip_all, fields(machine_id = %id))]
+    pub async fn record_machine_health(
+        &self,
+        id: Uuid,
+        status: MachineStatus,
+        info: Option<&Value>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let seen = (status == MachineStatus::Healthy).then_some(now);
+        on_db!(self, |pool| {
+            sqlx::query(
+                "UPDATE machines SET status = $1, last_seen_at = COALESCE($2, last_seen_at), \
+                 info = COALESCE($3, info), updated_at = $4 WHERE id = $5",
+            )
+            .bind(status.as_str())
+            .bind(seen)
+            .bind(info.map(Json))
+            .bind(now)
+            .bind(id)
+            .execute(pool)
+            .await
+        })?;
+        Ok(())
+    }
+}
