@@ -2,3 +2,5 @@
 //! nothing of status codes; they return domain errors the API layer maps.
 
 pub mod auth;
+pub mod certs;
+pub mod cloud_client;
