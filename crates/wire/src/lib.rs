@@ -2,8 +2,10 @@
 //! nothing else. Keeping them in one small crate means the CLI and the agent cannot drift from
 //! what the backend actually sends.
 
+pub mod agent;
 pub mod auth;
 pub mod problem;
 
+pub use agent::{ExecRequest, ExecResponse, GpuInfo, HealthResponse, InfoResponse};
 pub use auth::{Session, SignUpResponse, User};
 pub use problem::{FieldError, Problem};

@@ -2,4 +2,6 @@
 //! nothing of status codes; they return domain errors the API layer maps.
 
 pub mod auth;
+pub mod certs;
+pub mod cloud_client;
 pub mod terraform;

@@ -1,0 +1,528 @@
+//! The plan's `CloudClientService`: the backend's side of the agent protocol. It calls the
+//! `nim-agent` on each machine of a deployment over HTTPS with the deployment's pinned
+//! certificate and bearer token, fans a call out to many machines with bounded concurrency and a
+//! per-machine timeout, and returns one result per machine even when some fail.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    future::Future,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use futures_util::{StreamExt, stream};
+use reqwest::header::HeaderValue;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Serialize, de::DeserializeOwned};
+use wire::{ExecRequest, ExecResponse, HealthResponse, InfoResponse, Problem};
+
+use super::certs::{AgentPin, CertError};
+
+/// What the backend knows to reach and trust a deployment's agents: shared by its machines.
+pub struct AgentCredentials {
+    pub pin: AgentPin,
+    pub token: SecretString,
+}
+
+impl AgentCredentials {
+    /// From the deployment's certificate (PEM) and bearer token, as stored at provision time.
+    pub fn new(cert_pem: &str, token: SecretString) -> Result<Self, CertError> {
+        Ok(Self { pin: AgentPin::from_pem(cert_pem)?, token })
+    }
+}
+
+impl fmt::Debug for AgentCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AgentCredentials").field("pin", &self.pin).finish_non_exhaustive()
+    }
+}
+
+/// One machine's agent: filled from the deployment's machines by provisioning.
+#[derive(Debug, Clone)]
+pub struct AgentTarget {
+    /// The machine's name, as Terraform output it; results are reported under it.
+    pub name: String,
+    /// An IP address or host name.
+    pub host: String,
+    pub port: u16,
+    pub credentials: Arc<AgentCredentials>,
+}
+
+impl AgentTarget {
+    fn base_url(&self) -> String {
+        if self.host.contains(':') && !self.host.starts_with('[') {
+            format!("https://[{}]:{}", self.host, self.port)
+        } else {
+            format!("https://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// How one machine's call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MachineStatus {
+    /// The agent answered; for exec, the command exited 0.
+    Succeeded,
+    /// The command exited non-zero or was killed, or the agent answered with a server error.
+    Failed,
+    /// The command ran past its timeout, or the agent did not answer in time.
+    TimedOut,
+    /// No connection: refused, unroutable, or the TLS handshake failed (a wrong certificate).
+    Unreachable,
+    /// The agent refused the request (401 for a wrong token, 429 when busy, other 4xx).
+    Rejected,
+}
+
+/// One machine's outcome of a fan-out.
+#[derive(Debug, Clone, Serialize)]
+pub struct MachineResult<T> {
+    pub machine: String,
+    pub status: MachineStatus,
+    /// The agent's answer, when there was one.
+    pub response: Option<T>,
+    /// Why the call did not succeed, when there is no exit code to say it.
+    pub error: Option<String>,
+    /// Wall-clock time of this machine's call, as the backend saw it.
+    pub elapsed_ms: u64,
+}
+
+/// Why a call to one agent failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AgentCallError {
+    #[error("cannot reach the agent: {0}")]
+    Unreachable(String),
+    #[error("the agent did not answer within {} ms", .0.as_millis())]
+    TimedOut(Duration),
+    #[error("the agent refused the request ({status}): {detail}")]
+    Rejected { status: u16, detail: String },
+    #[error("the agent failed: {0}")]
+    Failed(String),
+}
+
+impl AgentCallError {
+    pub fn status(&self) -> MachineStatus {
+        match self {
+            Self::Unreachable(_) => MachineStatus::Unreachable,
+            Self::TimedOut(_) => MachineStatus::TimedOut,
+            Self::Rejected { .. } => MachineStatus::Rejected,
+            Self::Failed(_) => MachineStatus::Failed,
+        }
+    }
+}
+
+/// Settings of the service as a whole.
+#[derive(Debug, Clone)]
+pub struct CloudClientConfig {
+    /// Bound on TCP connect plus TLS handshake; a machine that does not complete both within it
+    /// is `unreachable`.
+    pub connect_timeout: Duration,
+    /// Bound on one health or info call.
+    pub call_timeout: Duration,
+    /// Extra time an exec call gets beyond the command's own timeout, for the agent to kill the
+    /// command and send back what it printed.
+    pub exec_response_margin: Duration,
+    /// HTTPS clients (one per pinned certificate, each with its connection pool) kept for reuse.
+    pub max_cached_clients: usize,
+}
+
+impl Default for CloudClientConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            call_timeout: Duration::from_secs(10),
+            exec_response_margin: Duration::from_secs(5),
+            max_cached_clients: 1024,
+        }
+    }
+}
+
+/// Options of one fan-out of a command.
+#[derive(Debug, Clone)]
+pub struct ExecOptions {
+    /// The command's timeout on each machine, used when the request sets no `timeout_ms`. The
+    /// call to a machine gives up `exec_response_margin` after the command's timeout.
+    pub timeout: Duration,
+    /// Machines called at once.
+    pub max_concurrency: usize,
+}
+
+impl Default for ExecOptions {
+    fn default() -> Self {
+        Self { timeout: Duration::from_secs(60), max_concurrency: 64 }
+    }
+}
+
+/// `wait_ready` gave up: these machines never answered a health check.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{} of {total} machines did not answer before the deadline: {}", pending.len(), describe(pending))]
+pub struct NotReady {
+    pub total: usize,
+    /// Each machine that did not answer, with its last error.
+    pub pending: Vec<(String, String)>,
+}
+
+fn describe(pending: &[(String, String)]) -> String {
+    pending.iter().map(|(name, error)| format!("{name} ({error})")).collect::<Vec<_>>().join(", ")
+}
+
+/// A typed client of one agent: one method per endpoint, wire types in and out.
+#[derive(Clone)]
+pub struct AgentClient {
+    http: reqwest::Client,
+    base_url: String,
+    authorization: HeaderValue,
+}
+
+impl AgentClient {
+    pub async fn health(&self, timeout: Duration) -> Result<HealthResponse, AgentCallError> {
+        let request = self.http.get(format!("{}/v1/health", self.base_url));
+        send(request, timeout).await
+    }
+
+    pub async fn info(&self, timeout: Duration) -> Result<InfoResponse, AgentCallError> {
+        let request = self
+            .http
+            .get(format!("{}/v1/info", self.base_url))
+            .header(reqwest::header::AUTHORIZATION, self.authorization.clone());
+        send(request, timeout).await
+    }
+
+    /// Runs a command; `timeout` bounds the whole call, so it should exceed the command's own.
+    pub async fn exec(
+        &self,
+        request: &ExecRequest,
+        timeout: Duration,
+    ) -> Result<ExecResponse, AgentCallError> {
+        let request = self
+            .http
+            .post(format!("{}/v1/exec", self.base_url))
+            .header(reqwest::header::AUTHORIZATION, self.authorization.clone())
+            .json(request);
+        send(request, timeout).await
+    }
+}
+
+async fn send<T: DeserializeOwned>(
+    request: reqwest::RequestBuilder,
+    timeout: Duration,
+) -> Result<T, AgentCallError> {
+    let response = request.timeout(timeout).send().await.map_err(|err| classify(&err, timeout))?;
+    let status = response.status();
+    if status.is_success() {
+        return response.json::<T>().await.map_err(|err| match classify(&err, timeout) {
+            AgentCallError::TimedOut(t) => AgentCallError::TimedOut(t),
+            _ => AgentCallError::Failed(format!("unreadable answer: {}", error_chain(&err))),
+        });
+    }
+    let body = response.text().await.unwrap_or_default();
+    let detail = match serde_json::from_str::<Problem>(&body) {
+        Ok(problem) => problem.detail,
+        Err(_) => body.chars().take(500).collect(),
+    };
+    if status.is_client_error() {
+        Err(AgentCallError::Rejected { status: status.as_u16(), detail })
+    } else {
+        Err(AgentCallError::Failed(format!("{status}: {detail}")))
+    }
+}
+
+fn classify(err: &reqwest::Error, timeout: Duration) -> AgentCallError {
+    // A connect timeout is both a connect error and a timeout: the machine is unreachable.
+    if err.is_connect() {
+        AgentCallError::Unreachable(error_chain(err))
+    } else if err.is_timeout() {
+        AgentCallError::TimedOut(timeout)
+    } else {
+        AgentCallError::Unreachable(error_chain(err))
+    }
+}
+
+/// reqwest's own message is only "error sending request"; the causes say what happened.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut message = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
+}
+
+/// The plan's `CloudClientService`. Cheap to share behind an `Arc`; it keeps one HTTPS client
+/// per pinned certificate so that repeated calls to a deployment reuse connections.
+pub struct CloudClientService {
+    config: CloudClientConfig,
+    clients: Mutex<ClientCache>,
+}
+
+struct ClientCache {
+    clients: HashMap<[u8; 32], (reqwest::Client, Instant)>,
+}
+
+impl CloudClientService {
+    pub fn new(config: CloudClientConfig) -> Self {
+        Self { config, clients: Mutex::new(ClientCache { clients: HashMap::new() }) }
+    }
+
+    /// A client of one machine's agent.
+    pub fn agent(&self, target: &AgentTarget) -> Result<AgentClient, AgentCallError> {
+        let token = target.credentials.token.expose_secret();
+        let mut authorization = HeaderValue::try_from(format!("Bearer {token}")).map_err(|_| {
+            AgentCallError::Failed("the agent token is not a valid header value".to_owned())
+        })?;
+        authorization.set_sensitive(true);
+        Ok(AgentClient {
+            http: self.http_client(&target.credentials.pin)?,
+            base_url: target.base_url(),
+            authorization,
+        })
+    }
+
+    fn http_client(&self, pin: &AgentPin) -> Result<reqwest::Client, AgentCallError> {
+        let fingerprint = pin.fingerprint();
+        let mut cache = self.clients.lock().expect("the client cache lock is never poisoned");
+        if let Some((client, last_used)) = cache.clients.get_mut(&fingerprint) {
+            *last_used = Instant::now();
+            return Ok(client.clone());
+        }
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls(pin.client_config())
+            .connect_timeout(self.config.connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            // Agents are reached directly; a proxy from the environment must not sit in between.
+            .no_proxy()
+            .build()
+            .map_err(|err| {
+                AgentCallError::Failed(format!("failed to build an HTTPS client: {err}"))
+            })?;
+        if cache.clients.len() >= self.config.max_cached_clients {
+            let oldest = cache.clients.iter().min_by_key(|(_, (_, used))| *used).map(|(k, _)| *k);
+            if let Some(oldest) = oldest {
+                cache.clients.remove(&oldest);
+            }
+        }
+        cache.clients.insert(fingerprint, (client.clone(), Instant::now()));
+        Ok(client)
+    }
+
+    /// Asks every machine's agent whether it is up.
+    #[tracing::instrument(skip_all, fields(machines = machines.len()))]
+    pub async fn health(&self, machines: &[AgentTarget]) -> Vec<MachineResult<HealthResponse>> {
+        let timeout = self.config.call_timeout;
+        self.fan_out(
+            machines,
+            ExecOptions::default().max_concurrency,
+            |agent| async move { agent.health(timeout).await },
+            |_| (MachineStatus::Succeeded, None),
+        )
+        .await
+    }
+
+    /// What one machine is (OS, CPUs, memory, GPUs).
+    #[tracing::instrument(skip_all, fields(machine = %machine.name))]
+    pub async fn info(&self, machine: &AgentTarget) -> Result<InfoResponse, AgentCallError> {
+        self.agent(machine)?.info(self.config.call_timeout).await
+    }
+
+    /// Runs one command on every machine, at most `options.max_concurrency` at a time; results
+    /// come back in the order of `machines`.
+    #[tracing::instrument(skip_all, fields(machines = machines.len()))]
+    pub async fn exec(
+        &self,
+        machines: &[AgentTarget],
+        request: &ExecRequest,
+        options: &ExecOptions,
+    ) -> Vec<MachineResult<ExecResponse>> {
+        let mut request = request.clone();
+        let command_timeout = match request.timeout_ms {
+            Some(ms) => Duration::from_millis(ms),
+            None => {
+                request.timeout_ms =
+                    Some(u64::try_from(options.timeout.as_millis()).unwrap_or(u64::MAX));
+                options.timeout
+            }
+        };
+        let call_timeout = command_timeout + self.config.exec_response_margin;
+        let request = &request;
+        self.fan_out(
+            machines,
+            options.max_concurrency,
+            |agent| async move { agent.exec(request, call_timeout).await },
+            exec_status,
+        )
+        .await
+    }
+
+    /// Polls every machine's health, backing off between rounds, until all have answered or the
+    /// deadline passes. Provisioning uses it as its readiness gate.
+    #[tracing::instrument(skip_all, fields(machines = machines.len()))]
+    pub async fn wait_ready(
+        &self,
+        machines: &[AgentTarget],
+        deadline: Instant,
+    ) -> Result<(), NotReady> {
+        let mut pending: Vec<AgentTarget> = machines.to_vec();
+        let mut errors: Vec<String> = Vec::new();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                let pending = pending.into_iter().map(|m| m.name).zip(errors).collect();
+                return Err(NotReady { total: machines.len(), pending });
+            }
+            let timeout = self.config.call_timeout.min(remaining);
+            let results = self
+                .fan_out(
+                    &pending,
+                    ExecOptions::default().max_concurrency,
+                    |agent| async move { agent.health(timeout).await },
+                    |_| (MachineStatus::Succeeded, None),
+                )
+                .await;
+            let (still_pending, still_errors): (Vec<_>, Vec<_>) = pending
+                .into_iter()
+                .zip(results)
+                .filter(|(_, result)| result.status != MachineStatus::Succeeded)
+                .map(|(machine, result)| (machine, result.error.unwrap_or_default()))
+                .unzip();
+            (pending, errors) = (still_pending, still_errors);
+            if pending.is_empty() {
+                return Ok(());
+            }
+            tracing::debug!(pending = pending.len(), "machines not ready yet");
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            tokio::time::sleep(backoff.min(remaining)).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// Calls every machine with at most `concurrency` calls in flight. Completion order does not
+    /// matter: a slow machine holds only its own slot, never the others' results.
+    async fn fan_out<'a, T, F, Fut>(
+        &self,
+        machines: &'a [AgentTarget],
+        concurrency: usize,
+        call: F,
+        judge: fn(&T) -> (MachineStatus, Option<String>),
+    ) -> Vec<MachineResult<T>>
+    where
+        F: Fn(AgentClient) -> Fut,
+        Fut: Future<Output = Result<T, AgentCallError>> + 'a,
+    {
+        let calls = machines.iter().enumerate().map(|(index, machine)| {
+            let started = Instant::now();
+            let outcome = self.agent(machine).map(&call);
+            async move {
+                let outcome = match outcome {
+                    Ok(call) => call.await,
+                    Err(err) => Err(err),
+                };
+                let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                let result = match outcome {
+                    Ok(response) => {
+                        let (status, error) = judge(&response);
+                        MachineResult {
+                            machine: machine.name.clone(),
+                            status,
+                            response: Some(response),
+                            error,
+                            elapsed_ms,
+                        }
+                    }
+                    Err(err) => {
+                        tracing::debug!(machine = %machine.name, error = %err, "agent call failed");
+                        MachineResult {
+                            machine: machine.name.clone(),
+                            status: err.status(),
+                            response: None,
+                            error: Some(err.to_string()),
+                            elapsed_ms,
+                        }
+                    }
+                };
+                (index, result)
+            }
+        });
+        let mut results: Vec<(usize, MachineResult<T>)> =
+            stream::iter(calls).buffer_unordered(concurrency.max(1)).collect().await;
+        results.sort_by_key(|(index, _)| *index);
+        results.into_iter().map(|(_, result)| result).collect()
+    }
+}
+
+/// `succeeded` only for exit 0; a timeout is `timed_out` even though the agent answered.
+fn exec_status(response: &ExecResponse) -> (MachineStatus, Option<String>) {
+    if response.timed_out {
+        (
+            MachineStatus::TimedOut,
+            Some(format!(
+                "the command ran past its timeout and was killed after {} ms",
+                response.duration_ms
+            )),
+        )
+    } else {
+        match (response.exit_code, response.signal) {
+            (Some(0), _) => (MachineStatus::Succeeded, None),
+            (Some(_), _) => (MachineStatus::Failed, None),
+            (None, Some(signal)) => {
+                (MachineStatus::Failed, Some(format!("the command was killed by signal {signal}")))
+            }
+            (None, None) => {
+                (MachineStatus::Failed, Some("the command ended without an exit status".to_owned()))
+            }
+        }
+    }
+}
+
+impl Default for CloudClientService {
+    fn default() -> Self {
+        Self::new(CloudClientConfig::default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_hosts_are_bracketed_in_urls() {
+        let cert = super::super::certs::mint_deployment_cert("d").unwrap();
+        let credentials =
+            Arc::new(AgentCredentials::new(&cert.cert_pem, "t".repeat(32).into()).unwrap());
+        let target = AgentTarget { name: "m".into(), host: "::1".into(), port: 7070, credentials };
+        assert_eq!(target.base_url(), "https://[::1]:7070");
+    }
+
+    #[test]
+    fn exit_status_decides_the_machine_status() {
+        let exited = |code| ExecResponse { exit_code: Some(code), ..ExecResponse::default() };
+        assert_eq!(exec_status(&exited(0)).0, MachineStatus::Succeeded);
+        assert_eq!(exec_status(&exited(3)), (MachineStatus::Failed, None));
+        let killed = ExecResponse { signal: Some(9), ..ExecResponse::default() };
+        assert_eq!(exec_status(&killed).0, MachineStatus::Failed);
+        assert!(exec_status(&killed).1.unwrap().contains("signal 9"));
+        let timed_out =
+            ExecResponse { signal: Some(9), timed_out: true, ..ExecResponse::default() };
+        assert_eq!(exec_status(&timed_out).0, MachineStatus::TimedOut);
+    }
+
+    #[test]
+    fn the_client_cache_is_bounded() {
+        let service = CloudClientService::new(CloudClientConfig {
+            max_cached_clients: 2,
+            ..CloudClientConfig::default()
+        });
+        for i in 0..3 {
+            let cert = super::super::certs::mint_deployment_cert(&i.to_string()).unwrap();
+            service.http_client(&AgentPin::from_pem(&cert.cert_pem).unwrap()).unwrap();
+        }
+        assert_eq!(service.clients.lock().unwrap().clients.len(), 2);
+    }
+}
