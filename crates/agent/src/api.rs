@@ -139,7 +139,7 @@ mod tests {
         else {
             panic!("expected a validation error");
         };
-        assert_eq!(errors[0].field, "body");
+        assert_eq!(errors[0].field, "bogus");
         assert!(errors[0].message.starts_with("unknown field `bogus`"), "{}", errors[0].message);
         assert!(!errors[0].message.contains("line"), "{}", errors[0].message);
     }

@@ -1,0 +1,134 @@
+//! Fan-out across many agents: one result per machine, dead machines bounded by their own
+//! timeout, and the readiness gate.
+
+use std::{
+    net::TcpListener,
+    time::{Duration, Instant},
+};
+
+use nim_backend::services::cloud_client::{
+    AgentTarget, CloudClientConfig, CloudClientService, ExecOptions, MachineStatus,
+};
+use nix::sys::signal::Signal;
+use wire::ExecRequest;
+
+use crate::helpers::{Deployment, service};
+
+#[tokio::test]
+async fn fan_out_to_20_agents_with_5_stopped_returns_every_result_within_one_timeout() {
+    let deployment = Deployment::new();
+    let mut agents = deployment.spawn_agents(20).await;
+    // Three are frozen (TCP still connects, TLS never answers), two are gone (connection refused).
+    for agent in &agents[15..18] {
+        agent.signal(Signal::SIGSTOP);
+    }
+    for agent in &mut agents[18..] {
+        agent.child.kill().await.unwrap();
+    }
+    let targets: Vec<AgentTarget> = agents.iter().map(|a| a.target.clone()).collect();
+    let connect_timeout = Duration::from_secs(3);
+    let service = CloudClientService::new(CloudClientConfig {
+        connect_timeout,
+        ..CloudClientConfig::default()
+    });
+
+    let started = Instant::now();
+    let options = ExecOptions { timeout: Duration::from_secs(10), ..ExecOptions::default() };
+    let results = service.exec(&targets, &ExecRequest::argv(["echo", "ok"]), &options).await;
+    let elapsed = started.elapsed();
+
+    assert_eq!(results.len(), 20);
+    for (result, target) in results.iter().zip(&targets) {
+        assert_eq!(result.machine, target.name, "results come back in the machines' order");
+    }
+    for result in &results[..15] {
+        assert_eq!(result.status, MachineStatus::Succeeded, "{result:?}");
+        assert_eq!(result.response.as_ref().unwrap().stdout, "ok\n");
+    }
+    for result in &results[15..] {
+        assert_eq!(result.status, MachineStatus::Unreachable, "{result:?}");
+        assert!(
+            result.error.as_deref().is_some_and(|e| e.contains("cannot reach the agent")),
+            "{result:?}"
+        );
+    }
+    // Three frozen machines each cost the connect timeout, but in parallel: well under 3x it.
+    assert!(elapsed >= connect_timeout, "the frozen agents were waited for ({elapsed:?})");
+    assert!(elapsed < connect_timeout * 2 + Duration::from_secs(2), "fan-out took {elapsed:?}");
+    for agent in &agents[15..18] {
+        agent.signal(Signal::SIGKILL);
+    }
+}
+
+#[tokio::test]
+async fn health_reports_each_machine_separately() {
+    let deployment = Deployment::new();
+    let mut agents = deployment.spawn_agents(3).await;
+    agents[1].child.kill().await.unwrap();
+    let targets: Vec<AgentTarget> = agents.iter().map(|a| a.target.clone()).collect();
+
+    let results = service().health(&targets).await;
+
+    let statuses: Vec<MachineStatus> = results.iter().map(|r| r.status).collect();
+    assert_eq!(
+        statuses,
+        [MachineStatus::Succeeded, MachineStatus::Unreachable, MachineStatus::Succeeded]
+    );
+    assert_eq!(results[0].response.as_ref().unwrap().status, "ok");
+}
+
+#[tokio::test]
+async fn wait_ready_returns_once_a_late_agent_starts() {
+    let deployment = Deployment::new();
+    let port = free_port();
+    let service = service();
+    let late = AgentTarget {
+        name: "late".into(),
+        host: "127.0.0.1".into(),
+        port,
+        credentials: deployment.credentials.clone(),
+    };
+    let early = deployment.spawn_agent(&[]).await;
+    let targets = [early.target.clone(), late];
+
+    let listen = format!("127.0.0.1:{port}");
+    let start_late = async {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        deployment.spawn_agent(&["--listen", &listen]).await
+    };
+    let (ready, _late_agent) = tokio::join!(
+        service.wait_ready(&targets, Instant::now() + Duration::from_secs(60)),
+        start_late
+    );
+
+    ready.expect("both agents answer before the deadline");
+}
+
+#[tokio::test]
+async fn wait_ready_names_the_machines_that_never_answered() {
+    let deployment = Deployment::new();
+    let up = deployment.spawn_agent(&[]).await;
+    let down = AgentTarget {
+        name: "down".into(),
+        host: "127.0.0.1".into(),
+        port: free_port(),
+        credentials: deployment.credentials.clone(),
+    };
+
+    let started = Instant::now();
+    let err = service()
+        .wait_ready(&[up.target.clone(), down], Instant::now() + Duration::from_millis(1500))
+        .await
+        .unwrap_err();
+
+    assert_eq!(err.total, 2);
+    assert_eq!(err.pending.len(), 1);
+    assert_eq!(err.pending[0].0, "down");
+    assert!(err.to_string().contains("down (cannot reach the agent"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+}
+
+/// A port nothing listens on right now.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
