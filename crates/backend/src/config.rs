@@ -72,6 +72,42 @@ pub struct Config {
     #[arg(long, env = "NIM_AUTH_RATE_LIMIT_PER_MINUTE", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
     pub auth_rate_limit_per_minute: u32,
 
+    /// Folder of Terraform modules, one `<provider>/*.tf` folder each. Default: `./terraform`,
+    /// else the `terraform/` folder of the source checkout this binary was built from.
+    #[arg(long, env = "NIM_MODULES_DIR")]
+    pub modules_dir: Option<PathBuf>,
+
+    /// The Terraform (or OpenTofu) binary. Default: `terraform`, else `tofu`, on PATH.
+    #[arg(long, env = "NIM_TERRAFORM_BIN")]
+    pub terraform_bin: Option<PathBuf>,
+
+    /// The nim-agent binary `terraform/local` runs as its machines. Default: `nim-agent` beside
+    /// this executable.
+    #[arg(long, env = "NIM_AGENT_BINARY")]
+    pub agent_binary: Option<PathBuf>,
+
+    /// Terraform runs allowed at once (one per deployment at most, always).
+    #[arg(long, env = "NIM_MAX_CONCURRENT_RUNS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub max_concurrent_runs: u32,
+
+    /// Seconds a run may take before it is stopped like a cancel and marked failed.
+    #[arg(long = "run-timeout-secs", env = "NIM_RUN_TIMEOUT", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(10..))]
+    pub run_timeout_secs: u64,
+
+    /// Seconds Terraform gets after SIGINT (cancel, timeout, shutdown) before its process group is
+    /// killed.
+    #[arg(long, env = "NIM_RUN_CANCEL_GRACE_SECS", default_value_t = 60)]
+    pub run_cancel_grace_secs: u64,
+
+    /// Seconds after a successful apply within which every machine's agent must answer.
+    #[arg(long, env = "NIM_READY_TIMEOUT_SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub ready_timeout_secs: u64,
+
+    /// Key (32 bytes, base64) sealing secrets at rest: agent tokens, TLS keys, sensitive
+    /// variables. Default: generated into `<data dir>/encryption-key`. Losing it loses them.
+    #[arg(long, env = "NIM_ENCRYPTION_KEY", hide_env_values = true)]
+    pub encryption_key: Option<SecretString>,
+
     /// Take the client address from the last `X-Forwarded-For` entry (only behind a proxy that
     /// sets it; otherwise clients could pick their own address).
     #[arg(long, env = "NIM_TRUST_FORWARDED_FOR", value_parser = BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
@@ -97,6 +133,29 @@ impl Config {
                 SecretString::from(format!("sqlite://{}?mode=rwc", path.display()))
             }
         }
+    }
+
+    /// The modules folder to use (see `--modules-dir`).
+    pub fn modules_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.modules_dir {
+            return dir.clone();
+        }
+        let local = PathBuf::from("terraform");
+        if local.is_dir() {
+            return local;
+        }
+        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../terraform"))
+    }
+
+    /// The agent binary to hand `terraform/local` (see `--agent-binary`).
+    pub fn agent_binary(&self) -> PathBuf {
+        if let Some(path) = &self.agent_binary {
+            return path.clone();
+        }
+        std::env::current_exe()
+            .ok()
+            .and_then(|exe| Some(exe.parent()?.join("nim-agent")))
+            .unwrap_or_else(|| PathBuf::from("nim-agent"))
     }
 
     pub fn request_timeout(&self) -> Duration {

@@ -416,9 +416,11 @@ impl CloudClientService {
         F: Fn(AgentClient) -> Fut,
         Fut: Future<Output = Result<T, AgentCallError>> + 'a,
     {
-        let calls = machines.iter().enumerate().map(|(index, machine)| {
+        // Each call owns its target: a closure over borrowed targets makes the fan-out's future
+        // fail rustc's `Send` proof when a caller spawns it (as the run worker and axum do).
+        let calls = machines.iter().cloned().enumerate().map(|(index, machine)| {
             let started = Instant::now();
-            let outcome = self.agent(machine).map(&call);
+            let outcome = self.agent(&machine).map(&call);
             async move {
                 let outcome = match outcome {
                     Ok(call) => call.await,

@@ -4,4 +4,7 @@
 pub mod auth;
 pub mod certs;
 pub mod cloud_client;
+pub mod deployments;
+pub mod events;
 pub mod terraform;
+pub mod worker;

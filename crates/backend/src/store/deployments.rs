@@ -5,7 +5,7 @@ use serde_json::Value;
 use sqlx::types::Json;
 use uuid::Uuid;
 
-use super::{RunRow, Store, StoreError, StoreResult, on_db, placeholders};
+use super::{RunRow, Store, StoreError, StoreResult, on_db};
 use crate::domain::{DeploymentStatus, MachineStatus};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -81,6 +81,13 @@ pub struct DeploymentQuery {
     /// Only deployments older than this one (the previous page's last id).
     pub before: Option<Uuid>,
     pub limit: u32,
+}
+
+/// `'pending', 'ready'`: an SQL list of status literals. They come from our own enum (fixed
+/// identifiers, never input), so they are written into the statement rather than bound; that
+/// keeps the query's argument list fixed.
+fn status_list(statuses: &[DeploymentStatus]) -> String {
+    statuses.iter().map(|s| format!("'{}'", s.as_str())).collect::<Vec<_>>().join(", ")
 }
 
 impl Store {
@@ -190,7 +197,7 @@ impl Store {
     pub async fn transition_deployment(
         &self,
         id: Uuid,
-        from: &[DeploymentStatus],
+        from: &'static [DeploymentStatus],
         to: DeploymentStatus,
         reason: Option<&str>,
         now: DateTime<Utc>,
@@ -198,14 +205,18 @@ impl Store {
         let sql = format!(
             "UPDATE deployments SET status = $1, status_reason = $2, updated_at = $3 \
              WHERE id = $4 AND status IN ({})",
-            placeholders(5, from.len())
+            status_list(from)
         );
         let done = on_db!(self, |pool| {
-            let mut query = sqlx::query(&sql).bind(to.as_str()).bind(reason).bind(now).bind(id);
-            for status in from {
-                query = query.bind(status.as_str());
-            }
-            query.execute(pool).await
+            // Owned binds: a borrowed `&str` argument makes the future's `Send` proof fail for
+            // callers that spawn it (rustc's higher-ranked lifetime limitation).
+            sqlx::query(&sql)
+                .bind(to.as_str())
+                .bind(reason.map(str::to_owned))
+                .bind(now)
+                .bind(id)
+                .execute(pool)
+                .await
         })?;
         Ok(done.rows_affected() == 1)
     }
@@ -219,20 +230,17 @@ impl Store {
         let sql = format!(
             "UPDATE deployments SET status = $1, status_reason = NULL, updated_at = $2 \
              WHERE id = $3 AND status IN ({})",
-            placeholders(4, from.len())
+            status_list(from)
         );
         on_db!(self, |pool| async {
             let mut tx = pool.begin().await?;
             // The insert comes first: the one-active-run index refuses it while a run is active,
             // before the deployment's status is touched.
             Self::insert_run(&mut tx, run).await?;
-            let mut query = sqlx::query(&sql)
+            let query = sqlx::query(&sql)
                 .bind(DeploymentStatus::Destroying.as_str())
                 .bind(now)
                 .bind(run.deployment_id);
-            for status in from {
-                query = query.bind(status.as_str());
-            }
             if query.execute(&mut *tx).await?.rows_affected() == 0 {
                 tx.rollback().await?;
                 return Ok(false);
@@ -265,9 +273,11 @@ impl Store {
                 ))
                 .bind(Uuid::now_v7())
                 .bind(deployment_id)
-                .bind(&machine.name)
-                .bind(&machine.public_ip)
-                .bind(&machine.private_ip)
+                // Owned binds inside the loop: borrowed ones defeat rustc's `Send` proof for
+                // spawned callers.
+                .bind(machine.name.clone())
+                .bind(machine.public_ip.clone())
+                .bind(machine.private_ip.clone())
                 .bind(machine.agent_port.map(i64::from))
                 .bind(MachineStatus::Unknown.as_str())
                 .bind(now)

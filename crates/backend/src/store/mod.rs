@@ -23,7 +23,7 @@ use sqlx::{
 pub use deployments::{
     DeploymentQuery, DeploymentRow, DeploymentStatusText, MachineRow, NewMachine,
 };
-pub use runs::{InterruptedRun, RunEventRow, RunRow};
+pub use runs::{RunEventRow, RunRow};
 pub use sessions::{AuthSessionRow, RefreshOutcome, SessionSelector};
 pub use users::UserRow;
 
@@ -88,11 +88,6 @@ fn constraint_columns(name: &str) -> Option<&'static str> {
         "runs_one_active_per_deployment" => "runs.deployment_id",
         _ => return None,
     })
-}
-
-/// `$start, $start+1, ...`: `count` numbered placeholders for an `IN (...)` list.
-pub(crate) fn placeholders(start: usize, count: usize) -> String {
-    (start..start + count).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ")
 }
 
 impl From<sqlx::Error> for StoreError {

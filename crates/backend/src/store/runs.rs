@@ -71,15 +71,6 @@ pub struct RunEventRow {
     pub data: Json<Value>,
 }
 
-/// A run found running under a lapsed lease, now marked interrupted.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct InterruptedRun {
-    pub id: Uuid,
-    pub deployment_id: Uuid,
-    pub kind: String,
-    pub attempt: i64,
-}
-
 /// Expands to the INSERT of a run, for any executor of any dialect.
 macro_rules! insert_run_query {
     ($run:expr) => {
@@ -261,27 +252,56 @@ impl Store {
         Ok(matches!(row, Some((Some(_),))))
     }
 
-    /// Marks interrupted every running run whose lease lapsed before `now` (or, with
-    /// `all_running`, every running run: at the start of a single embedded process they are all
-    /// leftovers of a dead one). Returns them so the caller can re-queue or fail each.
+    /// Running runs whose lease lapsed before `now` (or, with `all_running`, every running run:
+    /// at the start of a single embedded process they are all leftovers of a dead one).
     #[tracing::instrument(skip_all)]
-    pub async fn interrupt_stale_runs(
+    pub async fn stale_runs(
         &self,
         now: DateTime<Utc>,
         all_running: bool,
-    ) -> StoreResult<Vec<InterruptedRun>> {
-        Ok(on_db!(self, |pool| {
-            sqlx::query_as(
-                "UPDATE runs SET status = 'interrupted', finished_at = $1, lease_owner = NULL, \
-                 error = 'the backend running it stopped before it finished' \
-                 WHERE status = 'running' AND ($2 OR lease_expires_at < $1) \
-                 RETURNING id, deployment_id, kind, attempt",
-            )
-            .bind(now)
+    ) -> StoreResult<Vec<RunRow>> {
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE status = 'running' AND ($1 OR lease_expires_at < $2)"
+        );
+        Ok(on_db!(self, |pool| sqlx::query_as(&sql)
             .bind(all_running)
+            .bind(now)
             .fetch_all(pool)
-            .await
-        })?)
+            .await)?)
+    }
+
+    /// Marks a running run interrupted and queues `next` in its place, in one transaction, so a
+    /// crash in between cannot leave the deployment without its run. `false` if the run was not
+    /// running any more.
+    #[tracing::instrument(skip_all, fields(run_id = %run_id))]
+    pub async fn requeue_run(
+        &self,
+        run_id: Uuid,
+        reason: &str,
+        next: &RunRow,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        on_db!(self, |pool| async {
+            let mut tx = pool.begin().await?;
+            let done = sqlx::query(
+                "UPDATE runs SET status = 'interrupted', error = $1, finished_at = $2, lease_owner = NULL, \
+                 lease_expires_at = NULL WHERE id = $3 AND status = 'running'",
+            )
+            .bind(reason)
+            .bind(now)
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() == 0 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            insert_run_query!(next).execute(&mut *tx).await?;
+            tx.commit().await?;
+            Ok(true)
+        }
+        .await)
+        .map_err(|err: sqlx::Error| StoreError::classify(err, &["runs_one_active_per_deployment"]))
     }
 
     /// Queues a run for a deployment (a re-queue after an interruption).

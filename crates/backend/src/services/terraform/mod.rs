@@ -5,7 +5,9 @@ pub mod module;
 pub mod runner;
 pub mod types;
 pub mod ui;
+pub mod workspace;
 
 pub use module::{Module, ModuleCatalog, Variable};
 pub use runner::{Exit, StopSignals, Terraform};
 pub use types::TypeConstraint;
+pub use workspace::Workspace;

@@ -50,6 +50,8 @@ const PASSED_ENV: [&str; 14] = [
 /// the backend never has to store credentials.
 const PASSED_ENV_PREFIXES: [&str; 6] =
     ["AWS_", "AZURE_", "ARM_", "GOOGLE_", "CLOUDSDK_", "GCLOUD_"];
+/// Where a running Terraform's pid is kept, in its working directory.
+pub const PID_FILE: &str = ".nim-terraform.pid";
 /// Lines of stderr kept for error messages.
 const STDERR_TAIL: usize = 40;
 
@@ -145,21 +147,47 @@ impl Terraform {
         &self.version
     }
 
-    /// Runs `terraform <args>` in `dir` with `secrets` as extra environment (`TF_VAR_*`), calling
-    /// `on_message` for every stdout line in order, and stopping early on `stop`.
-    #[tracing::instrument(skip_all, fields(command = args.first().map(String::as_str).unwrap_or_default()))]
-    pub async fn run<F, Fut>(
+    /// `terraform output -json` in `dir`: every output with its value (sensitive ones included).
+    pub async fn outputs(
+        &self,
+        dir: &Path,
+        secrets: &[(String, SecretString)],
+    ) -> anyhow::Result<serde_json::Value> {
+        let output = Command::new(&self.binary)
+            .args(["output", "-json"])
+            .current_dir(dir)
+            .env_clear()
+            .envs(self.base_env.iter().cloned())
+            .envs(secrets.iter().map(|(k, v)| (k.as_str(), v.expose_secret())))
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(Duration::from_secs(120), output)
+            .await
+            .context("terraform output took longer than 120 s")?
+            .context("failed to run terraform output")?;
+        if !output.status.success() {
+            bail!("terraform output failed: {}", String::from_utf8_lossy(&output.stderr).trim());
+        }
+        serde_json::from_slice(&output.stdout).context("terraform output -json did not print JSON")
+    }
+
+    /// Runs `terraform <args>` in `dir` with `secrets` as extra environment (`TF_VAR_*`), sending
+    /// every stdout line to `sink` in order, and stopping early on `stop`. The process group's
+    /// leader pid is written to `pid_file` while it runs, so a later process can reap a group
+    /// this one left behind when it was killed.
+    #[tracing::instrument(skip_all)]
+    pub async fn run(
         &self,
         dir: &Path,
         args: &[String],
         secrets: &[(String, SecretString)],
         stop: &StopSignals,
-        mut on_message: F,
-    ) -> anyhow::Result<Exit>
-    where
-        F: FnMut(UiMessage) -> Fut,
-        Fut: std::future::Future<Output = ()>,
-    {
+        sink: &mpsc::UnboundedSender<UiMessage>,
+    ) -> anyhow::Result<Exit> {
+        let on_message = |message: UiMessage| {
+            let _ = sink.send(message);
+        };
         let mut command = Command::new(&self.binary);
         command
             .args(args)
@@ -178,6 +206,9 @@ impl Terraform {
         let pid = child.id().context("terraform exited before it could be watched")?;
         // Whatever happens to this future, the group dies with it.
         let _group = GroupGuard(pid);
+        let pid_file = dir.join(PID_FILE);
+        std::fs::write(&pid_file, pid.to_string())
+            .with_context(|| format!("failed to write {}", pid_file.display()))?;
 
         let (lines_tx, mut lines) = mpsc::unbounded_channel::<Line>();
         let stdout = child.stdout.take().context("terraform stdout")?;
@@ -200,7 +231,7 @@ impl Terraform {
                                 error_summaries.push(diagnostic_summary(&diagnostic.summary, &diagnostic.detail));
                             }
                         }
-                        on_message(message).await;
+                        on_message(message);
                     }
                     Some(Line::Err(text)) => {
                         tracing::debug!(line = %text, "terraform stderr");
@@ -229,9 +260,10 @@ impl Terraform {
         // Drain what is still buffered so the log is complete.
         while let Ok(line) = lines.try_recv() {
             if let Line::Out(text) = line {
-                on_message(UiMessage::parse(&text)).await;
+                on_message(UiMessage::parse(&text));
             }
         }
+        let _ = std::fs::remove_file(&pid_file);
         if let Some((exit, _)) = stopping {
             return Ok(exit);
         }
@@ -314,4 +346,20 @@ fn find_on_path(name: &str) -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?).map(|dir| dir.join(name)).find(|path| {
         path.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
     })
+}
+
+/// Kills the process group of a Terraform that a dead backend process left running in `dir`
+/// (found through its pid file), so a re-queued run does not race it for the state lock.
+/// Only a process whose command line still names terraform/tofu is touched (pids get reused).
+pub fn reap_orphan(dir: &Path) {
+    let pid_file = dir.join(PID_FILE);
+    let Ok(text) = std::fs::read_to_string(&pid_file) else { return };
+    let _ = std::fs::remove_file(&pid_file);
+    let Ok(pid) = text.trim().parse::<i32>() else { return };
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    if cmdline.contains("terraform") || cmdline.contains("tofu") {
+        tracing::warn!(pid, "killing a terraform left running by a previous backend process");
+        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+    }
 }

@@ -1,0 +1,523 @@
+//! The plan's `DeploymentService`: creating deployments (validated against their module before
+//! anything runs), reading them, queueing destroys and cancels, and dry runs. Every state change
+//! goes through the store's conditional updates; the run worker does the Terraform work.
+
+use std::{net::TcpListener, path::PathBuf, sync::Arc};
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use chrono::Utc;
+use rand::RngCore;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+use sqlx::types::Json;
+use tokio::sync::{Notify, mpsc};
+use uuid::Uuid;
+use wire::FieldError;
+
+use super::{
+    certs::mint_deployment_cert,
+    terraform::{Exit, Module, ModuleCatalog, StopSignals, Terraform, Workspace},
+};
+use crate::{
+    domain::{DeploymentStatus, RunKind},
+    secrets::SecretBox,
+    store::{
+        DeploymentQuery, DeploymentRow, DeploymentStatusText, MachineRow, RunEventRow, RunRow,
+        Store, StoreError,
+    },
+};
+
+/// The port agents listen on in cloud modules.
+pub const DEFAULT_AGENT_PORT: u16 = 7070;
+/// Longest deployment name (a DNS label).
+const MAX_NAME_LEN: usize = 63;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeploymentError {
+    #[error("invalid input")]
+    Validation(Vec<FieldError>),
+    #[error("no such deployment")]
+    NotFound,
+    #[error("{0}")]
+    Conflict(String),
+    #[error("this Idempotency-Key was already used with a different request")]
+    IdempotencyMismatch,
+    #[error("terraform is not available: {0}")]
+    TerraformUnavailable(String),
+    #[error("terraform plan failed: {0}")]
+    PlanFailed(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+/// What `POST /provision` asks for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProvisionRequest {
+    pub name: String,
+    pub provider: String,
+    pub variables: Map<String, Value>,
+}
+
+/// What a dry run would do.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct PlanSummary {
+    pub add: u64,
+    pub change: u64,
+    pub destroy: u64,
+    pub resources: Vec<PlannedResource>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct PlannedResource {
+    pub address: String,
+    pub action: String,
+}
+
+/// The sealed part of a deployment.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct DeploymentSecrets {
+    pub(crate) agent_token: String,
+    pub(crate) agent_tls_key: String,
+    /// The caller's variables declared `sensitive`.
+    pub(crate) variables: Map<String, Value>,
+}
+
+/// Everything the deployment service and the run worker share.
+#[derive(Debug, Clone)]
+pub struct Provisioning {
+    pub store: Store,
+    pub catalog: Arc<ModuleCatalog>,
+    pub terraform: Result<Terraform, String>,
+    pub secret_box: SecretBox,
+    pub data_dir: PathBuf,
+    pub agent_binary: PathBuf,
+    pub cancel_grace: std::time::Duration,
+    /// Wakes the run worker when a run is queued.
+    pub work_queued: Arc<Notify>,
+}
+
+impl Provisioning {
+    pub fn terraform(&self) -> Result<&Terraform, DeploymentError> {
+        self.terraform.as_ref().map_err(|err| DeploymentError::TerraformUnavailable(err.clone()))
+    }
+
+    pub(crate) fn open_secrets(
+        &self,
+        deployment: &DeploymentRow,
+    ) -> anyhow::Result<DeploymentSecrets> {
+        Ok(serde_json::from_slice(&self.secret_box.open(&deployment.secrets)?)?)
+    }
+
+    /// The variables of a run: plain ones for `terraform.tfvars.json`, secrets as `TF_VAR_*`.
+    /// Only variables the module declares are passed.
+    pub(crate) fn run_inputs(
+        &self,
+        module: &Module,
+        deployment: &DeploymentRow,
+        secrets: &DeploymentSecrets,
+    ) -> (Map<String, Value>, Vec<(String, SecretString)>) {
+        let mut plain = deployment.variables.0.clone();
+        for (name, value) in &deployment.backend_variables.0 {
+            plain.insert(name.clone(), value.clone());
+        }
+        plain.insert("deployment_id".into(), json!(deployment.id.to_string()));
+        plain.insert("agent_binary".into(), json!(self.agent_binary.display().to_string()));
+        plain.retain(|name, _| module.variables.contains_key(name));
+
+        let mut env = vec![
+            ("TF_VAR_agent_token".to_owned(), SecretString::from(secrets.agent_token.clone())),
+            ("TF_VAR_agent_tls_cert".to_owned(), SecretString::from(deployment.tls_cert.clone())),
+            ("TF_VAR_agent_tls_key".to_owned(), SecretString::from(secrets.agent_tls_key.clone())),
+        ];
+        for (name, value) in &secrets.variables {
+            // Strings are taken literally; other types are parsed as HCL, of which JSON is a subset.
+            let text = value.as_str().map_or_else(|| value.to_string(), str::to_owned);
+            env.push((format!("TF_VAR_{name}"), SecretString::from(text)));
+        }
+        (plain, env)
+    }
+
+    /// Validates a provision request against the catalog; returns the module.
+    fn validate(&self, request: &ProvisionRequest) -> Result<&Module, DeploymentError> {
+        let mut errors = Vec::new();
+        if let Err(message) = check_name(&request.name) {
+            errors.push(FieldError::new("name", message));
+        }
+        let Some(module) = self.catalog.get(&request.provider) else {
+            let valid: Vec<_> = self.catalog.names().collect();
+            errors.push(FieldError::new(
+                "provider",
+                format!(
+                    "unknown provider \"{}\"; valid providers: {}",
+                    request.provider,
+                    valid.join(", ")
+                ),
+            ));
+            return Err(DeploymentError::Validation(errors));
+        };
+        errors.extend(module.validate_variables(&request.variables));
+        match errors.is_empty() {
+            true => Ok(module),
+            false => Err(DeploymentError::Validation(errors)),
+        }
+    }
+
+    /// Creates a deployment and its queued apply run, or (same `Idempotency-Key`, same request)
+    /// returns the one created before. The boolean says whether it was a replay.
+    #[tracing::instrument(skip_all, fields(owner_id = %owner_id, provider = %request.provider))]
+    pub async fn provision(
+        &self,
+        owner_id: Uuid,
+        request: ProvisionRequest,
+        idempotency_key: Option<String>,
+    ) -> Result<(DeploymentRow, RunRow, bool), DeploymentError> {
+        let request_hash =
+            Sha256::digest(serde_json::to_vec(&request).map_err(anyhow::Error::from)?).to_vec();
+        if let Some(key) = &idempotency_key {
+            if let Some(existing) = self.replay(owner_id, key, &request_hash).await? {
+                return Ok(existing);
+            }
+        }
+        let module = self.validate(&request)?;
+
+        let id = Uuid::now_v7();
+        let cert = mint_deployment_cert(&id.to_string()).map_err(anyhow::Error::from)?;
+        let (sensitive, plain): (Map<String, Value>, Map<String, Value>) =
+            request.variables.into_iter().partition(|(name, _)| module.variables[name].sensitive);
+        let secrets = DeploymentSecrets {
+            agent_token: new_agent_token(),
+            agent_tls_key: cert.key_pem.expose_secret().to_owned(),
+            variables: sensitive,
+        };
+        let mut backend_variables = Map::new();
+        backend_variables.insert("agent_port".into(), json!(DEFAULT_AGENT_PORT));
+        if module.variables.contains_key("agent_ports") {
+            let count = local_machine_count(module, &plain)?;
+            backend_variables.insert("agent_ports".into(), json!(free_loopback_ports(count)?));
+        }
+        let now = Utc::now();
+        let deployment = DeploymentRow {
+            id,
+            owner_id,
+            name: request.name,
+            provider: request.provider,
+            status: DeploymentStatusText(DeploymentStatus::Pending),
+            status_reason: None,
+            variables: Json(plain),
+            backend_variables: Json(backend_variables),
+            secrets: self
+                .secret_box
+                .seal(&serde_json::to_vec(&secrets).map_err(anyhow::Error::from)?),
+            tls_cert: cert.cert_pem,
+            idempotency_key: idempotency_key.clone(),
+            request_hash: Some(request_hash.clone()),
+            created_at: now,
+            updated_at: now,
+        };
+        let run = RunRow::queued(id, RunKind::Apply, 0, now);
+        match self.store.create_deployment(&deployment, &run).await {
+            Ok(()) => {}
+            // Two identical requests raced: the loser answers with the winner's deployment.
+            Err(StoreError::Conflict("deployments_owner_idempotency_key")) => {
+                let key = idempotency_key.as_deref().unwrap_or_default();
+                return self
+                    .replay(owner_id, key, &request_hash)
+                    .await?
+                    .ok_or(DeploymentError::IdempotencyMismatch);
+            }
+            Err(err) => return Err(err.into()),
+        }
+        tracing::info!(deployment_id = %id, "deployment created; apply queued");
+        self.work_queued.notify_one();
+        Ok((deployment, run, false))
+    }
+
+    async fn replay(
+        &self,
+        owner_id: Uuid,
+        key: &str,
+        request_hash: &[u8],
+    ) -> Result<Option<(DeploymentRow, RunRow, bool)>, DeploymentError> {
+        let Some(existing) = self.store.find_deployment_by_idempotency_key(owner_id, key).await?
+        else {
+            return Ok(None);
+        };
+        if existing.request_hash.as_deref() != Some(request_hash) {
+            return Err(DeploymentError::IdempotencyMismatch);
+        }
+        let first_run = self
+            .store
+            .list_runs(existing.id, None, u32::MAX)
+            .await?
+            .pop()
+            .ok_or_else(|| anyhow::anyhow!("deployment {} has no run", existing.id))?;
+        Ok(Some((existing, first_run, true)))
+    }
+
+    /// Plans a provision request in a throwaway workspace; creates nothing.
+    #[tracing::instrument(skip_all, fields(provider = %request.provider))]
+    pub async fn dry_run(
+        &self,
+        request: ProvisionRequest,
+        deadline: tokio::time::Instant,
+    ) -> Result<PlanSummary, DeploymentError> {
+        let module = self.validate(&request)?;
+        let terraform = self.terraform()?;
+        let (workspace, _guard) = Workspace::temporary(&self.data_dir, &module.name)?;
+        workspace.ensure_modules(self.catalog.root())?;
+
+        let id = Uuid::now_v7();
+        let cert = mint_deployment_cert(&id.to_string()).map_err(anyhow::Error::from)?;
+        let (sensitive, plain): (Map<String, Value>, Map<String, Value>) =
+            request.variables.into_iter().partition(|(name, _)| module.variables[name].sensitive);
+        let mut backend_variables = Map::new();
+        backend_variables.insert("agent_port".into(), json!(DEFAULT_AGENT_PORT));
+        if module.variables.contains_key("agent_ports") {
+            let count = local_machine_count(module, &plain)?;
+            // Ports only matter when machines start; the plan just needs the right count.
+            backend_variables
+                .insert("agent_ports".into(), json!(vec![DEFAULT_AGENT_PORT; count as usize]));
+        }
+        let deployment = DeploymentRow {
+            id,
+            owner_id: Uuid::nil(),
+            name: request.name,
+            provider: request.provider,
+            status: DeploymentStatusText(DeploymentStatus::Pending),
+            status_reason: None,
+            variables: Json(plain),
+            backend_variables: Json(backend_variables),
+            secrets: Vec::new(),
+            tls_cert: cert.cert_pem,
+            idempotency_key: None,
+            request_hash: None,
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        };
+        let secrets = DeploymentSecrets {
+            agent_token: new_agent_token(),
+            agent_tls_key: cert.key_pem.expose_secret().to_owned(),
+            variables: sensitive,
+        };
+        let (plain, env) = self.run_inputs(module, &deployment, &secrets);
+        workspace.write_variables(&plain)?;
+
+        let stop = StopSignals { cancel: Default::default(), deadline, grace: self.cancel_grace };
+        let (sink, mut messages) = mpsc::unbounded_channel();
+        let init = terraform.run(&workspace.module_dir, &init_args(), &env, &stop, &sink).await?;
+        if let Exit::Failed { summary, .. } = init {
+            return Err(DeploymentError::PlanFailed(summary));
+        }
+        while messages.try_recv().is_ok() {}
+        let plan = terraform
+            .run(
+                &workspace.module_dir,
+                &["plan".into(), "-json".into(), "-input=false".into()],
+                &env,
+                &stop,
+                &sink,
+            )
+            .await?;
+        drop(sink);
+        let mut summary = PlanSummary { add: 0, change: 0, destroy: 0, resources: Vec::new() };
+        while let Some(message) = messages.recv().await {
+            if let Some(change) = &message.change {
+                if message.kind == "planned_change" {
+                    summary.resources.push(PlannedResource {
+                        address: change.resource.addr.clone(),
+                        action: change.action.clone(),
+                    });
+                }
+            }
+            if let Some(changes) = message.changes {
+                summary.add = changes.add;
+                summary.change = changes.change;
+                summary.destroy = changes.remove;
+            }
+        }
+        match plan {
+            Exit::Succeeded => Ok(summary),
+            Exit::Failed { summary, .. } => Err(DeploymentError::PlanFailed(summary)),
+            Exit::Cancelled | Exit::TimedOut => {
+                Err(DeploymentError::PlanFailed("the plan took too long and was stopped".into()))
+            }
+        }
+    }
+
+    /// A deployment of the owner (another owner's is `NotFound`).
+    pub async fn deployment(
+        &self,
+        owner_id: Uuid,
+        id: Uuid,
+    ) -> Result<DeploymentRow, DeploymentError> {
+        self.store.find_deployment(owner_id, id).await?.ok_or(DeploymentError::NotFound)
+    }
+
+    pub async fn list(
+        &self,
+        owner_id: Uuid,
+        query: &DeploymentQuery,
+    ) -> Result<Vec<DeploymentRow>, DeploymentError> {
+        Ok(self.store.list_deployments(owner_id, query).await?)
+    }
+
+    pub async fn machines(&self, deployment_id: Uuid) -> Result<Vec<MachineRow>, DeploymentError> {
+        Ok(self.store.list_machines(deployment_id).await?)
+    }
+
+    pub async fn latest_run(&self, deployment_id: Uuid) -> Result<Option<RunRow>, DeploymentError> {
+        Ok(self.store.latest_run(deployment_id).await?)
+    }
+
+    /// Queues the destroy of a deployment.
+    #[tracing::instrument(skip_all, fields(deployment_id = %id))]
+    pub async fn destroy(
+        &self,
+        owner_id: Uuid,
+        id: Uuid,
+    ) -> Result<(DeploymentRow, RunRow), DeploymentError> {
+        let deployment = self.deployment(owner_id, id).await?;
+        let now = Utc::now();
+        let run = RunRow::queued(id, RunKind::Destroy, 0, now);
+        match self.store.queue_destroy(&run, now).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(DeploymentError::Conflict(format!(
+                    "the deployment is {}; it cannot be destroyed now",
+                    deployment.status()
+                )));
+            }
+            Err(StoreError::Conflict("runs_one_active_per_deployment")) => {
+                return Err(DeploymentError::Conflict(
+                    "another run of this deployment is queued or running; cancel it or wait for it to finish".into(),
+                ));
+            }
+            Err(err) => return Err(err.into()),
+        }
+        self.work_queued.notify_one();
+        let deployment = self.deployment(owner_id, id).await?;
+        Ok((deployment, run))
+    }
+
+    pub async fn runs(
+        &self,
+        owner_id: Uuid,
+        id: Uuid,
+        before: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<RunRow>, DeploymentError> {
+        self.deployment(owner_id, id).await?;
+        Ok(self.store.list_runs(id, before, limit).await?)
+    }
+
+    pub async fn run(
+        &self,
+        owner_id: Uuid,
+        id: Uuid,
+        run_id: Uuid,
+    ) -> Result<(RunRow, Vec<RunEventRow>), DeploymentError> {
+        self.deployment(owner_id, id).await?;
+        let run = self.store.find_run(id, run_id).await?.ok_or(DeploymentError::NotFound)?;
+        let events = self.store.run_events(run_id).await?;
+        Ok((run, events))
+    }
+
+    /// Asks a queued or running run to stop.
+    pub async fn cancel(
+        &self,
+        owner_id: Uuid,
+        id: Uuid,
+        run_id: Uuid,
+    ) -> Result<RunRow, DeploymentError> {
+        self.deployment(owner_id, id).await?;
+        if let Some(run) = self.store.request_cancel(id, run_id, Utc::now()).await? {
+            return Ok(run);
+        }
+        let run = self.store.find_run(id, run_id).await?.ok_or(DeploymentError::NotFound)?;
+        Err(DeploymentError::Conflict(format!(
+            "the run is already {}; only queued or running runs can be cancelled",
+            run.status
+        )))
+    }
+}
+
+/// Most machines a module on this host (one port each) may ask for; its own validation may
+/// allow fewer.
+const MAX_LOCAL_MACHINES: u64 = 256;
+
+fn local_machine_count(
+    module: &Module,
+    plain: &Map<String, Value>,
+) -> Result<u64, DeploymentError> {
+    let count = module.machine_count(plain).unwrap_or(1);
+    if count > MAX_LOCAL_MACHINES {
+        return Err(DeploymentError::Validation(vec![FieldError::new(
+            "variables.machine_count",
+            format!("at most {MAX_LOCAL_MACHINES} machines can run on this host"),
+        )]));
+    }
+    Ok(count)
+}
+
+/// `terraform init` arguments.
+pub(crate) fn init_args() -> Vec<String> {
+    vec!["init".into(), "-input=false".into(), "-no-color".into()]
+}
+
+/// 1–63 characters: lowercase letters, digits and hyphens, starting with a letter and not ending
+/// with a hyphen (a DNS label, so clouds accept it in resource names).
+fn check_name(name: &str) -> Result<(), String> {
+    let valid = (1..=MAX_NAME_LEN).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('-')
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    match valid {
+        true => Ok(()),
+        false => Err(format!(
+            "must be 1-{MAX_NAME_LEN} lowercase letters, digits or hyphens, start with a letter and not end with a hyphen"
+        )),
+    }
+}
+
+/// A new bearer token for a deployment's agents (256 random bits).
+fn new_agent_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// `count` distinct loopback ports that are free right now, for `terraform/local` machines.
+fn free_loopback_ports(count: u64) -> anyhow::Result<Vec<u16>> {
+    // Hold every listener until all are chosen, so the same port cannot come up twice.
+    let listeners = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| anyhow::anyhow!("failed to find free loopback ports: {err}"))?;
+    listeners.iter().map(|l| Ok(l.local_addr()?.port())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_dns_labels() {
+        for good in ["a", "web-1", "x".repeat(63).as_str()] {
+            assert!(check_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "Web", "1web", "web-", "we_b", "../x", "x".repeat(64).as_str()] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn free_ports_are_distinct() {
+        let ports = free_loopback_ports(20).unwrap();
+        let unique: std::collections::HashSet<_> = ports.iter().collect();
+        assert_eq!(unique.len(), 20);
+    }
+}

@@ -1,0 +1,636 @@
+//! The run worker: claims queued runs (at most `NIM_MAX_CONCURRENT_RUNS` at once, one per
+//! deployment by the store's constraint), drives Terraform through init → plan → apply, records
+//! every message as a run event, stores the machines Terraform outputs, waits for their agents,
+//! and moves the deployment on. It holds each run by a lease it renews; a run whose worker died
+//! is found by its lapsed lease, marked interrupted and re-queued once.
+
+use std::{
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
+
+use chrono::Utc;
+use serde_json::{Value, json};
+use tokio::{
+    sync::{Semaphore, mpsc},
+    task::JoinSet,
+    time::Instant,
+};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::{
+    cloud_client::{AgentCredentials, AgentTarget, CloudClientService},
+    deployments::{DEFAULT_AGENT_PORT, Provisioning, init_args},
+    events::EventBus,
+    terraform::{
+        Exit, StopSignals, Workspace,
+        runner::reap_orphan,
+        ui::{Progress, UiMessage},
+    },
+};
+use crate::{
+    domain::{DeploymentStatus, RunKind, RunStatus},
+    store::{DeploymentRow, NewMachine, RunRow, Store},
+};
+
+/// Re-queues after a crash that a run gets before it fails for good.
+const MAX_REQUEUES: i64 = 1;
+
+/// What `try_run_next` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ran,
+    Empty,
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    pub max_concurrent_runs: usize,
+    pub run_timeout: Duration,
+    pub ready_timeout: Duration,
+    /// How long a claim lasts without renewal.
+    pub lease: Duration,
+}
+
+#[derive(Clone)]
+pub struct RunWorker {
+    ctx: Provisioning,
+    cloud: Arc<CloudClientService>,
+    bus: EventBus,
+    settings: WorkerSettings,
+    id: String,
+}
+
+/// Why a run stopped before Terraform finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopReason {
+    Cancelled,
+    Shutdown,
+}
+
+/// What a run came to.
+enum RunEnd {
+    Succeeded,
+    Failed(String),
+    Cancelled,
+    TimedOut,
+    Shutdown,
+}
+
+enum Record {
+    Terraform(UiMessage),
+    Step,
+    Event(&'static str, Value),
+}
+
+impl RunWorker {
+    pub fn new(
+        ctx: Provisioning,
+        cloud: Arc<CloudClientService>,
+        bus: EventBus,
+        settings: WorkerSettings,
+    ) -> Self {
+        let id = format!("{}-{}", hostname(), Uuid::new_v4().simple());
+        Self { ctx, cloud, bus, settings, id }
+    }
+
+    fn store(&self) -> &Store {
+        &self.ctx.store
+    }
+
+    /// Finds runs left running by a dead worker: each is marked interrupted and re-queued once,
+    /// or fails its deployment when it was already re-queued. Returns how many it handled.
+    #[tracing::instrument(skip_all)]
+    pub async fn recover(&self, all_running: bool) -> anyhow::Result<usize> {
+        let now = Utc::now();
+        let stale = self.store().stale_runs(now, all_running).await?;
+        for run in &stale {
+            if let Some(deployment) = self.store().deployment(run.deployment_id).await? {
+                let workspace = Workspace::for_deployment(
+                    &self.ctx.data_dir,
+                    deployment.id,
+                    &deployment.provider,
+                );
+                reap_orphan(&workspace.module_dir);
+            }
+            let reason = "the backend running it stopped before it finished";
+            if run.attempt < MAX_REQUEUES {
+                let next = RunRow::queued(run.deployment_id, run.kind(), run.attempt + 1, now);
+                if self.store().requeue_run(run.id, reason, &next, now).await? {
+                    tracing::warn!(run_id = %run.id, next_run_id = %next.id, "interrupted run re-queued");
+                    self.event(run, "run_finished", json!({"run_id": run.id, "status": "interrupted", "error": reason, "requeued_as": next.id})).await;
+                }
+            } else {
+                let failed = format!(
+                    "the {} run was interrupted twice; run it again when the cause is fixed",
+                    run.kind
+                );
+                let deployment_status = match run.kind() {
+                    RunKind::Apply | RunKind::Destroy => DeploymentStatus::Failed,
+                };
+                if self
+                    .store()
+                    .finish_run(
+                        run.id,
+                        RunStatus::Interrupted,
+                        Some(reason),
+                        (deployment_status, Some(&failed)),
+                        now,
+                    )
+                    .await?
+                {
+                    tracing::warn!(run_id = %run.id, "run interrupted again; deployment failed");
+                    self.event(
+                        run,
+                        "run_finished",
+                        json!({"run_id": run.id, "status": "interrupted", "error": failed}),
+                    )
+                    .await;
+                }
+            }
+        }
+        if !stale.is_empty() {
+            self.ctx.work_queued.notify_one();
+        }
+        Ok(stale.len())
+    }
+
+    async fn event(&self, run: &RunRow, kind: &str, data: Value) {
+        match self.store().append_event(run.id, run.deployment_id, kind, &data, Utc::now()).await {
+            Ok(_) => self.bus.publish(run.deployment_id),
+            Err(err) => tracing::warn!(error = %err, "failed to record a run event"),
+        }
+    }
+
+    /// Claims the oldest queued run and executes it to the end (tests call this directly).
+    pub async fn try_run_next(&self, shutdown: &CancellationToken) -> anyhow::Result<Outcome> {
+        let now = Utc::now();
+        let lease_until = now + chrono::Duration::from_std(self.settings.lease)?;
+        match self.store().claim_next_run(&self.id, lease_until, now).await? {
+            Some(run) => {
+                self.execute(run, shutdown.child_token()).await;
+                Ok(Outcome::Ran)
+            }
+            None => Ok(Outcome::Empty),
+        }
+    }
+
+    /// Runs queued runs until `shutdown`, then lets running ones stop (Terraform gets SIGINT and
+    /// each run is recorded as interrupted and re-queued for the next start).
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let slots = Arc::new(Semaphore::new(self.settings.max_concurrent_runs));
+        let mut tasks = JoinSet::new();
+        let mut next_sweep = Instant::now();
+        loop {
+            while tasks.try_join_next().is_some() {}
+            if Instant::now() >= next_sweep {
+                // Other replicas' dead workers (their leases lapse); harmless when alone.
+                if let Err(err) = self.recover(false).await {
+                    tracing::warn!(
+                        error = format!("{err:#}"),
+                        "failed to look for interrupted runs"
+                    );
+                }
+                next_sweep = Instant::now() + self.settings.lease / 2;
+            }
+            let permit = tokio::select! {
+                permit = slots.clone().acquire_owned() => permit?,
+                () = shutdown.cancelled() => break,
+            };
+            let now = Utc::now();
+            let lease_until = now + chrono::Duration::from_std(self.settings.lease)?;
+            match self.store().claim_next_run(&self.id, lease_until, now).await {
+                Ok(Some(run)) => {
+                    let worker = self.clone();
+                    let stop = shutdown.child_token();
+                    tasks.spawn(async move {
+                        worker.execute(run, stop).await;
+                        drop(permit);
+                    });
+                }
+                Ok(None) => {
+                    drop(permit);
+                    tokio::select! {
+                        () = self.ctx.work_queued.notified() => {}
+                        () = tokio::time::sleep(Duration::from_secs(2)) => {}
+                        () = shutdown.cancelled() => break,
+                    }
+                }
+                Err(err) => {
+                    drop(permit);
+                    tracing::warn!(error = %err, "failed to claim a run; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        () = shutdown.cancelled() => break,
+                    }
+                }
+            }
+        }
+        if !tasks.is_empty() {
+            tracing::info!(runs = tasks.len(), "stopping running runs");
+        }
+        while tasks.join_next().await.is_some() {}
+        Ok(())
+    }
+
+    /// Executes one claimed run; never returns an error: whatever happens ends up in the run's
+    /// status and the deployment's `status_reason`.
+    #[tracing::instrument(skip_all, fields(run_id = %run.id, deployment_id = %run.deployment_id, kind = %run.kind))]
+    async fn execute(&self, run: RunRow, shutdown: CancellationToken) {
+        let (records, recorder) = self.spawn_recorder(&run);
+        let stop_reason = Arc::new(OnceLock::new());
+        let cancel = CancellationToken::new();
+        let watcher =
+            tokio::spawn(self.clone().watch(run.id, shutdown, cancel.clone(), stop_reason.clone()));
+
+        let end = match self.drive(&run, &records, &cancel).await {
+            Ok(end) => end,
+            Err(err) => {
+                tracing::error!(error = format!("{err:#}"), "run failed");
+                RunEnd::Failed(format!("{err:#}"))
+            }
+        };
+        // A stop makes Terraform exit like a cancel; say which kind of stop it was.
+        let end = match (end, stop_reason.get()) {
+            (RunEnd::Cancelled, Some(StopReason::Shutdown)) => RunEnd::Shutdown,
+            (end, _) => end,
+        };
+        watcher.abort();
+        if let Err(err) = self.finish(&run, end, &records).await {
+            tracing::error!(
+                error = format!("{err:#}"),
+                "failed to record the end of a run; it will be recovered"
+            );
+        }
+        drop(records);
+        let _ = recorder.await;
+    }
+
+    /// Renews the lease and turns a cancel request or shutdown into `cancel`.
+    async fn watch(
+        self,
+        run_id: Uuid,
+        shutdown: CancellationToken,
+        cancel: CancellationToken,
+        reason: Arc<OnceLock<StopReason>>,
+    ) {
+        let renew_every = self.settings.lease / 3;
+        let mut next_renewal = Instant::now() + renew_every;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => {
+                    let _ = reason.set(StopReason::Shutdown);
+                    cancel.cancel();
+                    return;
+                }
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+            if !cancel.is_cancelled()
+                && matches!(self.store().cancel_requested(run_id).await, Ok(true))
+            {
+                tracing::info!(%run_id, "cancel requested");
+                let _ = reason.set(StopReason::Cancelled);
+                cancel.cancel();
+            }
+            if Instant::now() >= next_renewal {
+                let until = Utc::now()
+                    + chrono::Duration::from_std(self.settings.lease).unwrap_or_default();
+                match self.store().renew_lease(run_id, &self.id, until).await {
+                    Ok(true) => next_renewal = Instant::now() + renew_every,
+                    Ok(false) => {
+                        tracing::error!(%run_id, "lost the lease of a running run; stopping it");
+                        let _ = reason.set(StopReason::Shutdown);
+                        cancel.cancel();
+                        return;
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "failed to renew a run lease; retrying")
+                    }
+                }
+            }
+        }
+    }
+
+    fn spawn_recorder(
+        &self,
+        run: &RunRow,
+    ) -> (mpsc::UnboundedSender<Record>, tokio::task::JoinHandle<()>) {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Record>();
+        let (store, bus, run_id, deployment_id) =
+            (self.store().clone(), self.bus.clone(), run.id, run.deployment_id);
+        let handle = tokio::spawn(async move {
+            let mut progress = Progress::default();
+            while let Some(record) = rx.recv().await {
+                let mut events = Vec::new();
+                match record {
+                    Record::Terraform(message) => {
+                        if message.kind == "version" {
+                            continue;
+                        }
+                        events.push(("log", message.log_event()));
+                        if let Some((done, total)) = progress.observe(&message) {
+                            let _ = store.record_progress(run_id, done as i64, total as i64).await;
+                            events.push(("progress", json!({"done": done, "total": total})));
+                        }
+                    }
+                    Record::Step => progress = Progress::default(),
+                    Record::Event(kind, data) => events.push((kind, data)),
+                }
+                for (kind, data) in events {
+                    if let Err(err) =
+                        store.append_event(run_id, deployment_id, kind, &data, Utc::now()).await
+                    {
+                        tracing::warn!(error = %err, "failed to record a run event");
+                    }
+                }
+                bus.publish(deployment_id);
+            }
+        });
+        (tx, handle)
+    }
+
+    /// The run's steps up to (not including) recording its end.
+    async fn drive(
+        &self,
+        run: &RunRow,
+        records: &mpsc::UnboundedSender<Record>,
+        cancel: &CancellationToken,
+    ) -> anyhow::Result<RunEnd> {
+        let deployment =
+            self.store().deployment(run.deployment_id).await?.ok_or_else(|| {
+                anyhow::anyhow!("deployment {} no longer exists", run.deployment_id)
+            })?;
+        let status = match run.kind() {
+            RunKind::Apply => self.start_apply(deployment.id).await?,
+            RunKind::Destroy => DeploymentStatus::Destroying,
+        };
+        let _ = records.send(Record::Event("status", json!({"deployment_status": status, "run_id": run.id, "run_status": RunStatus::Running, "kind": run.kind})));
+
+        let terraform = self.ctx.terraform().map_err(|err| anyhow::anyhow!("{err}"))?.clone();
+        let module = self
+            .ctx
+            .catalog
+            .get(&deployment.provider)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "module \"{}\" is no longer in the modules folder",
+                    deployment.provider
+                )
+            })?
+            .clone();
+        let secrets = self.ctx.open_secrets(&deployment)?;
+        let workspace =
+            Workspace::for_deployment(&self.ctx.data_dir, deployment.id, &deployment.provider);
+        workspace.ensure_modules(self.ctx.catalog.root())?;
+        reap_orphan(&workspace.module_dir);
+        let (plain, env) = self.ctx.run_inputs(&module, &deployment, &secrets);
+        workspace.write_variables(&plain)?;
+
+        let stop = StopSignals {
+            cancel: cancel.clone(),
+            deadline: Instant::now() + self.settings.run_timeout,
+            grace: self.ctx.cancel_grace,
+        };
+        let mut plan = vec![
+            "plan".to_owned(),
+            "-json".into(),
+            "-input=false".into(),
+            "-lock-timeout=120s".into(),
+            "-out=tfplan".into(),
+        ];
+        if run.kind() == RunKind::Destroy {
+            plan.push("-destroy".into());
+        }
+        let apply = vec![
+            "apply".to_owned(),
+            "-json".into(),
+            "-input=false".into(),
+            "-lock-timeout=120s".into(),
+            "tfplan".into(),
+        ];
+        let (sink, mut messages) = mpsc::unbounded_channel::<UiMessage>();
+        let forward = {
+            let records = records.clone();
+            tokio::spawn(async move {
+                while let Some(message) = messages.recv().await {
+                    let _ = records.send(Record::Terraform(message));
+                }
+            })
+        };
+        let mut end = RunEnd::Succeeded;
+        let steps: Vec<(&'static str, Vec<String>)> =
+            vec![("init", init_args()), ("plan", plan), ("apply", apply)];
+        for (step, args) in steps {
+            let _ = records.send(Record::Step);
+            log(records, format!("terraform {step}"));
+            let exit = terraform.run(&workspace.module_dir, &args, &env, &stop, &sink).await;
+            end = match exit? {
+                Exit::Succeeded => continue,
+                Exit::Failed { summary, .. } => {
+                    RunEnd::Failed(format!("terraform {step} failed: {summary}"))
+                }
+                Exit::Cancelled => RunEnd::Cancelled,
+                Exit::TimedOut => RunEnd::TimedOut,
+            };
+            break;
+        }
+        drop(sink);
+        let _ = forward.await;
+        workspace.remove_plan();
+        if !matches!(end, RunEnd::Succeeded) {
+            return Ok(end);
+        }
+        match run.kind() {
+            RunKind::Destroy => {
+                self.store().replace_machines(deployment.id, &[], Utc::now()).await?;
+                Ok(RunEnd::Succeeded)
+            }
+            RunKind::Apply => {
+                let outputs = terraform.outputs(&workspace.module_dir, &env).await?;
+                let machines = parse_machines(&outputs)?;
+                self.store().replace_machines(deployment.id, &machines, Utc::now()).await?;
+                log(records, format!("waiting for {} agent(s) to answer", machines.len()));
+                self.wait_ready(&deployment, &secrets.agent_token, &machines, cancel).await
+            }
+        }
+    }
+
+    /// Moves a deployment into its applying state: `provisioning` the first time (or after a
+    /// failure), `updating` when it was ready.
+    async fn start_apply(&self, deployment_id: Uuid) -> anyhow::Result<DeploymentStatus> {
+        const FIRST: &[DeploymentStatus] =
+            &[DeploymentStatus::Pending, DeploymentStatus::Provisioning, DeploymentStatus::Failed];
+        const LATER: &[DeploymentStatus] = &[DeploymentStatus::Ready, DeploymentStatus::Updating];
+        let now = Utc::now();
+        let store = self.store();
+        if store
+            .transition_deployment(deployment_id, FIRST, DeploymentStatus::Provisioning, None, now)
+            .await?
+        {
+            return Ok(DeploymentStatus::Provisioning);
+        }
+        store
+            .transition_deployment(deployment_id, LATER, DeploymentStatus::Updating, None, now)
+            .await?;
+        Ok(DeploymentStatus::Updating)
+    }
+
+    async fn wait_ready(
+        &self,
+        deployment: &DeploymentRow,
+        token: &str,
+        machines: &[NewMachine],
+        cancel: &CancellationToken,
+    ) -> anyhow::Result<RunEnd> {
+        let credentials =
+            Arc::new(AgentCredentials::new(&deployment.tls_cert, token.to_owned().into())?);
+        let default_port = deployment
+            .backend_variables
+            .0
+            .get("agent_port")
+            .and_then(Value::as_u64)
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or(DEFAULT_AGENT_PORT);
+        let targets: Vec<AgentTarget> = machines
+            .iter()
+            .map(|machine| AgentTarget {
+                name: machine.name.clone(),
+                host: machine
+                    .public_ip
+                    .clone()
+                    .or_else(|| machine.private_ip.clone())
+                    .unwrap_or_default(),
+                port: machine.agent_port.unwrap_or(default_port),
+                credentials: credentials.clone(),
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + self.settings.ready_timeout;
+        tokio::select! {
+            ready = self.cloud.wait_ready(&targets, deadline) => match ready {
+                Ok(()) => Ok(RunEnd::Succeeded),
+                Err(not_ready) => Ok(RunEnd::Failed(not_ready.to_string())),
+            },
+            () = cancel.cancelled() => Ok(RunEnd::Cancelled),
+        }
+    }
+
+    /// Records how a run ended.
+    async fn finish(
+        &self,
+        run: &RunRow,
+        end: RunEnd,
+        records: &mpsc::UnboundedSender<Record>,
+    ) -> anyhow::Result<()> {
+        let now = Utc::now();
+        let kind = run.kind();
+        if matches!(end, RunEnd::Shutdown) {
+            let reason = "the backend shut down while it ran; re-queued";
+            let next = RunRow::queued(run.deployment_id, kind, run.attempt, now);
+            if self.store().requeue_run(run.id, reason, &next, now).await? {
+                let data = json!({"run_id": run.id, "status": RunStatus::Interrupted, "error": reason, "requeued_as": next.id});
+                let _ = records.send(Record::Event("run_finished", data));
+            }
+            return Ok(());
+        }
+        let (status, error, deployment) = match end {
+            RunEnd::Succeeded => (
+                RunStatus::Succeeded,
+                None,
+                match kind {
+                    RunKind::Apply => DeploymentStatus::Ready,
+                    RunKind::Destroy => DeploymentStatus::Destroyed,
+                },
+            ),
+            RunEnd::Failed(reason) => (RunStatus::Failed, Some(reason), DeploymentStatus::Failed),
+            RunEnd::Cancelled => (
+                RunStatus::Cancelled,
+                Some(format!("the {kind} was cancelled")),
+                DeploymentStatus::Failed,
+            ),
+            RunEnd::TimedOut | RunEnd::Shutdown => (
+                RunStatus::Failed,
+                Some(format!(
+                    "the {kind} timed out after {} s",
+                    self.settings.run_timeout.as_secs()
+                )),
+                DeploymentStatus::Failed,
+            ),
+        };
+        if self
+            .store()
+            .finish_run(run.id, status, error.as_deref(), (deployment, error.as_deref()), now)
+            .await?
+        {
+            tracing::info!(status = %status, deployment_status = %deployment, "run finished");
+            let _ = records.send(Record::Event(
+                "status",
+                json!({"deployment_status": deployment, "run_id": run.id, "run_status": status}),
+            ));
+            let _ = records.send(Record::Event(
+                "run_finished",
+                json!({"run_id": run.id, "status": status, "error": error}),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Records a step of our own in the run log.
+fn log(records: &mpsc::UnboundedSender<Record>, message: String) {
+    let _ = records.send(Record::Event("log", json!({"level": "info", "message": message})));
+}
+
+/// The module's `machines` output: a list of `{name, public_ip, private_ip, agent_port?}`.
+fn parse_machines(outputs: &Value) -> anyhow::Result<Vec<NewMachine>> {
+    let bad = || {
+        anyhow::anyhow!(
+            "the module's `machines` output is not a list of {{name, public_ip, private_ip}}"
+        )
+    };
+    let list = outputs
+        .get("machines")
+        .and_then(|o| o.get("value"))
+        .and_then(Value::as_array)
+        .ok_or_else(bad)?;
+    list.iter()
+        .map(|machine| {
+            let text = |key: &str| machine.get(key).and_then(Value::as_str).map(str::to_owned);
+            Ok(NewMachine {
+                name: text("name").ok_or_else(bad)?,
+                public_ip: text("public_ip"),
+                private_ip: text("private_ip"),
+                agent_port: machine
+                    .get("agent_port")
+                    .and_then(Value::as_u64)
+                    .and_then(|p| u16::try_from(p).ok()),
+            })
+        })
+        .collect()
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "nim".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn machines_are_read_from_the_output() {
+        let outputs = json!({"machines": {"sensitive": false, "value": [
+            {"name": "m-0", "public_ip": "203.0.113.5", "private_ip": "10.0.0.5"},
+            {"name": "m-1", "public_ip": null, "private_ip": "10.0.0.6", "agent_port": 7071}
+        ]}});
+        let machines = parse_machines(&outputs).unwrap();
+        assert_eq!(machines[0].public_ip.as_deref(), Some("203.0.113.5"));
+        assert_eq!(machines[1].public_ip, None);
+        assert_eq!(machines[1].agent_port, Some(7071));
+        assert!(parse_machines(&json!({"machines": {"value": [{"public_ip": "x"}]}})).is_err());
+        assert!(parse_machines(&json!({})).is_err());
+    }
+}
