@@ -8,12 +8,22 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    api::{self, AppState, AuthRateLimiter, ClientAddrSource},
+    api::{self, AppState, AuthRateLimiter, ClientAddrSource, RequestTimeout},
     config::{Config, redact_database_url},
-    secrets,
-    services::auth::{AuthService, JwtKeys, LocalAuth},
+    secrets::{self, SecretBox},
+    services::{
+        auth::{AuthService, JwtKeys, LocalAuth},
+        cloud_client::{CloudClientConfig, CloudClientService},
+        deployments::Provisioning,
+        events::EventBus,
+        terraform::{ModuleCatalog, Terraform},
+        worker::{RunWorker, WorkerSettings},
+    },
     store::Store,
 };
+
+/// How long a run worker's claim on a run lasts without renewal.
+const RUN_LEASE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A built server: listener bound, database migrated, not yet serving.
 pub struct Application {
@@ -21,6 +31,7 @@ pub struct Application {
     router: axum::Router,
     store: Store,
     config: Config,
+    worker: RunWorker,
     shutdown: CancellationToken,
 }
 
@@ -38,6 +49,25 @@ impl Application {
         tracing::info!(database = %redact_database_url(&database_url), "database ready");
 
         let auth = build_auth(&config, store.clone()).await?;
+        let provisioning = build_provisioning(&config, store.clone()).await?;
+        let bus = EventBus::default();
+        let cloud = Arc::new(CloudClientService::new(CloudClientConfig::default()));
+        let worker = RunWorker::new(
+            provisioning.clone(),
+            cloud,
+            bus.clone(),
+            WorkerSettings {
+                max_concurrent_runs: config.max_concurrent_runs as usize,
+                run_timeout: std::time::Duration::from_secs(config.run_timeout_secs),
+                ready_timeout: std::time::Duration::from_secs(config.ready_timeout_secs),
+                lease: RUN_LEASE,
+            },
+        );
+        // The embedded database has exactly one process: whatever it left running died with it.
+        let recovered = worker.recover(true).await?;
+        if recovered > 0 {
+            tracing::warn!(runs = recovered, "found runs interrupted by the last stop");
+        }
         let per_minute = NonZeroU32::new(config.auth_rate_limit_per_minute)
             .context("NIM_AUTH_RATE_LIMIT_PER_MINUTE must be at least 1")?;
         let state = AppState {
@@ -45,13 +75,16 @@ impl Application {
             auth,
             auth_rate_limiter: Arc::new(AuthRateLimiter::per_minute(per_minute)),
             client_addr: ClientAddrSource { trust_forwarded_for: config.trust_forwarded_for },
+            provisioning,
+            bus,
+            request_timeout: RequestTimeout(config.request_timeout()),
         };
         let router = api::router(state, &config);
 
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("failed to listen on {} (NIM_LISTEN)", config.listen))?;
-        Ok(Self { listener, router, store, config, shutdown: CancellationToken::new() })
+        Ok(Self { listener, router, store, config, worker, shutdown: CancellationToken::new() })
     }
 
     /// The address actually bound (the real port when configured with port 0).
@@ -64,11 +97,12 @@ impl Application {
         self.shutdown.clone()
     }
 
-    /// Serves until SIGTERM/SIGINT (or the shutdown token), then lets in-flight requests finish
-    /// for up to the configured grace period.
+    /// Serves until SIGTERM/SIGINT (or the shutdown token), then lets in-flight requests and
+    /// runs finish for up to the configured grace period. The HTTP server and the run worker are
+    /// sibling tasks: if either stops on its own, the other is stopped too and the cause reported.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let addr = self.local_addr();
-        let Self { listener, router, store, config, shutdown } = self;
+        let Self { listener, router, store, config, worker, shutdown } = self;
         tracing::info!(%addr, "listening");
 
         tokio::spawn(cancel_on_signal(shutdown.clone()));
@@ -76,20 +110,93 @@ impl Application {
         let server =
             axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
                 .with_graceful_shutdown(async move { graceful.cancelled().await });
-        let mut server = std::pin::pin!(server.into_future());
+        let mut server = tokio::spawn(server.into_future());
+        let mut worker = tokio::spawn(worker.run_until_stopped(shutdown.clone()));
+
+        let first = tokio::select! {
+            result = &mut server => ("the HTTP server", result),
+            result = &mut worker => ("the run worker", result.map(|r| r.map_err(std::io::Error::other))),
+        };
+        let mut result: anyhow::Result<()> = match first {
+            (_, Ok(Ok(()))) if shutdown.is_cancelled() => Ok(()),
+            (name, Ok(Ok(()))) => Err(anyhow::anyhow!("{name} stopped unexpectedly")),
+            (name, Ok(Err(err))) => Err(anyhow::Error::new(err).context(format!("{name} failed"))),
+            (name, Err(err)) => Err(anyhow::Error::new(err).context(format!("{name} panicked"))),
+        };
+        if let Err(err) = &result {
+            tracing::error!(error = format!("{err:#}"), "shutting down");
+        }
+        shutdown.cancel();
 
         let grace = config.shutdown_grace();
-        let result = tokio::select! {
-            result = &mut server => result.context("the HTTP server failed"),
-            () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
-                tracing::warn!(grace_secs = grace.as_secs(), "requests still running after the grace period; stopping anyway");
-                Ok(())
+        let rest = async {
+            if !server.is_finished() {
+                let _ = (&mut server).await;
+            }
+            if !worker.is_finished() {
+                let _ = (&mut worker).await;
             }
         };
+        if tokio::time::timeout(grace, rest).await.is_err() {
+            tracing::warn!(
+                grace_secs = grace.as_secs(),
+                "still busy after the grace period; stopping anyway"
+            );
+            server.abort();
+            worker.abort();
+            if result.is_ok() {
+                result = Ok(());
+            }
+        }
         store.close().await;
         tracing::info!("stopped");
         result
     }
+}
+
+async fn build_provisioning(config: &Config, store: Store) -> anyhow::Result<Provisioning> {
+    let modules_dir = config.modules_dir();
+    let catalog = ModuleCatalog::load(&modules_dir)?;
+    tracing::info!(dir = %modules_dir.display(), providers = ?catalog.names().collect::<Vec<_>>(), "modules loaded");
+    let terraform = match Terraform::discover(
+        config.terraform_bin.as_deref(),
+        &config.data_dir.join("plugin-cache"),
+    )
+    .await
+    {
+        Ok(terraform) => {
+            tracing::info!(version = terraform.version(), "terraform ready");
+            Ok(terraform)
+        }
+        Err(err) => {
+            tracing::warn!(
+                error = format!("{err:#}"),
+                "terraform is not available: provisioning will answer 503"
+            );
+            Err(format!("{err:#}"))
+        }
+    };
+    let agent_binary = config.agent_binary();
+    if catalog.modules().any(|m| m.variables.contains_key("agent_binary"))
+        && !agent_binary.is_file()
+    {
+        tracing::warn!(path = %agent_binary.display(), "the nim-agent binary is missing: `cargo build` it, or set NIM_AGENT_BINARY; local machines will not start");
+    }
+    let key = match &config.encryption_key {
+        Some(key) => key.clone(),
+        None => secrets::load_or_generate(&config.data_dir.join("encryption-key"), 32)?,
+    };
+    Ok(Provisioning {
+        store,
+        catalog: Arc::new(catalog),
+        terraform,
+        secret_box: SecretBox::new(&key)?,
+        data_dir: std::fs::canonicalize(&config.data_dir)
+            .with_context(|| format!("failed to resolve {}", config.data_dir.display()))?,
+        agent_binary: std::fs::canonicalize(&agent_binary).unwrap_or(agent_binary),
+        cancel_grace: std::time::Duration::from_secs(config.run_cancel_grace_secs),
+        work_queued: Arc::new(tokio::sync::Notify::new()),
+    })
 }
 
 async fn build_auth(config: &Config, store: Store) -> anyhow::Result<Arc<dyn AuthService>> {

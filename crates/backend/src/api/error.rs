@@ -9,7 +9,7 @@ use axum::{
 };
 use wire::{FieldError, Problem, problem::PROBLEM_JSON};
 
-use crate::services::auth::AuthError;
+use crate::services::{auth::AuthError, deployments::DeploymentError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -188,6 +188,28 @@ impl From<AuthError> for ApiError {
                 }
             }
             AuthError::Internal(cause) => Self::Internal(cause),
+        }
+    }
+}
+
+impl From<DeploymentError> for ApiError {
+    fn from(err: DeploymentError) -> Self {
+        let detail = err.to_string();
+        match err {
+            DeploymentError::Validation(errors) => Self::validation(errors),
+            DeploymentError::NotFound => Self::not_found("no such deployment or run"),
+            DeploymentError::Conflict(detail) => Self::Conflict { code: "conflict", detail },
+            DeploymentError::IdempotencyMismatch => {
+                Self::Validation { code: "idempotency_key_reused", detail, errors: Vec::new() }
+            }
+            DeploymentError::TerraformUnavailable(_) => {
+                Self::Unavailable { code: "terraform_unavailable", detail }
+            }
+            DeploymentError::PlanFailed(_) => {
+                Self::Validation { code: "plan_failed", detail, errors: Vec::new() }
+            }
+            DeploymentError::Store(err) => err.into(),
+            DeploymentError::Internal(cause) => Self::Internal(cause),
         }
     }
 }

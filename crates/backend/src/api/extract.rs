@@ -124,6 +124,29 @@ where
     }
 }
 
+/// Path parameters; one that does not parse (a malformed id) names no resource, so it is a 404
+/// like any other missing resource.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Path<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for Path<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    #[allow(clippy::disallowed_types, reason = "this is the wrapper the lint points to")]
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|path| Path(path.0))
+            .map_err(|rejection| {
+                ApiError::not_found(format!("no such resource: {}", rejection.body_text()))
+            })
+    }
+}
+
 impl<T: Serialize> IntoResponse for Json<T> {
     fn into_response(self) -> Response {
         axum::Json(self.0).into_response()

@@ -6,6 +6,7 @@ mod docs;
 mod error;
 mod extract;
 mod health;
+mod infrastructure;
 mod rate_limit;
 mod router;
 
@@ -14,11 +15,15 @@ use std::sync::Arc;
 use axum::extract::FromRef;
 
 pub use error::ApiError;
-pub use extract::{ClientAddrSource, Json, Query};
+pub use extract::{ClientAddrSource, Json, Path, Query};
+pub use infrastructure::RequestTimeout;
 pub use rate_limit::AuthRateLimiter;
 pub use router::{openapi, router};
 
-use crate::{services::auth::AuthService, store::Store};
+use crate::{
+    services::{auth::AuthService, deployments::Provisioning, events::EventBus},
+    store::Store,
+};
 
 /// Everything handlers share; cheap to clone. Handlers take the parts they need with `State<T>`.
 #[derive(Clone, FromRef)]
@@ -27,4 +32,7 @@ pub struct AppState {
     pub auth: Arc<dyn AuthService>,
     pub auth_rate_limiter: Arc<AuthRateLimiter>,
     pub client_addr: ClientAddrSource,
+    pub provisioning: Provisioning,
+    pub bus: EventBus,
+    pub request_timeout: RequestTimeout,
 }

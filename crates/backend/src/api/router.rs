@@ -26,7 +26,7 @@ use utoipa::{
 use utoipa_axum::router::OpenApiRouter;
 use wire::{FieldError, Problem};
 
-use super::{ApiError, AppState, auth, docs, health};
+use super::{ApiError, AppState, auth, docs, health, infrastructure};
 use crate::config::Config;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -41,6 +41,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
     components(schemas(Problem, FieldError)),
     tags(
         (name = "auth", description = "Sign up, log in, refresh and log out"),
+        (name = "infrastructure", description = "Provider modules, deployments, runs and their events"),
         (name = "health", description = "Liveness and readiness probes"),
         (name = "docs", description = "This API's description"),
     )
@@ -70,6 +71,7 @@ fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(health::router())
         .merge(auth::router())
+        .merge(infrastructure::router())
         .merge(docs::router())
 }
 

@@ -325,7 +325,8 @@ impl RunWorker {
                 let mut events = Vec::new();
                 match record {
                     Record::Terraform(message) => {
-                        if message.kind == "version" {
+                        // The version banner and blank lines of plain output say nothing.
+                        if message.kind == "version" || message.message.trim().is_empty() {
                             continue;
                         }
                         events.push(("log", message.log_event()));

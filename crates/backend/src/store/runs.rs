@@ -390,6 +390,28 @@ impl Store {
         })?)
     }
 
+    /// The id of a run's first event, if it has any.
+    pub async fn first_event_id(&self, run_id: Uuid) -> StoreResult<Option<i64>> {
+        let row: Option<(Option<i64>,)> = on_db!(self, |pool| {
+            sqlx::query_as("SELECT MIN(id) FROM run_events WHERE run_id = $1")
+                .bind(run_id)
+                .fetch_optional(pool)
+                .await
+        })?;
+        Ok(row.and_then(|(id,)| id))
+    }
+
+    /// The id of a deployment's newest event (0 when it has none).
+    pub async fn last_event_id(&self, deployment_id: Uuid) -> StoreResult<i64> {
+        let row: Option<(Option<i64>,)> = on_db!(self, |pool| {
+            sqlx::query_as("SELECT MAX(id) FROM run_events WHERE deployment_id = $1")
+                .bind(deployment_id)
+                .fetch_optional(pool)
+                .await
+        })?;
+        Ok(row.and_then(|(id,)| id).unwrap_or(0))
+    }
+
     /// A run's whole log, in order.
     pub async fn run_events(&self, run_id: Uuid) -> StoreResult<Vec<RunEventRow>> {
         Ok(on_db!(self, |pool| {

@@ -1,0 +1,603 @@
+//! The plan's `InfrastructureController`: `/provision`, `/providers` and `/infrastructure/*`.
+//! Handlers validate the HTTP shape and leave the rest to the deployment service; everything
+//! about another user's deployment is a 404.
+
+use std::{collections::VecDeque, convert::Infallible, time::Duration};
+
+use axum::{
+    extract::State,
+    http::{HeaderMap, HeaderValue, StatusCode},
+    response::{
+        IntoResponse, Response,
+        sse::{Event, KeepAlive, Sse},
+    },
+};
+use chrono::{DateTime, Utc};
+use futures_util::Stream;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+use wire::Problem;
+
+use super::{ApiError, AppState, Json, Path, Query};
+use crate::{
+    domain::{DeploymentStatus, MachineStatus, RunKind, RunStatus},
+    services::{
+        auth::AuthUser,
+        deployments::{PlanSummary, ProvisionRequest, Provisioning},
+        events::EventBus,
+    },
+    store::{DeploymentQuery, DeploymentRow, MachineRow, RunEventRow, RunRow},
+};
+
+pub(super) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_providers))
+        .routes(routes!(provision))
+        .routes(routes!(list_deployments))
+        .routes(routes!(get_deployment, destroy_deployment))
+        .routes(routes!(list_runs))
+        .routes(routes!(get_run))
+        .routes(routes!(cancel_run))
+        .routes(routes!(stream_events))
+}
+
+const DEFAULT_PAGE: u32 = 20;
+const MAX_PAGE: u32 = 100;
+const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+// ---- wire shapes -------------------------------------------------------------------------
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct ProvidersResponse {
+    providers: Vec<ProviderView>,
+}
+
+/// A provider module and the form a frontend should render for it.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct ProviderView {
+    name: String,
+    variables: Vec<VariableView>,
+    outputs: Vec<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct VariableView {
+    name: String,
+    /// The Terraform type constraint, e.g. `string`, `list(number)`.
+    #[serde(rename = "type")]
+    ty: String,
+    #[schema(value_type = Option<Object>)]
+    default: Option<Value>,
+    description: Option<String>,
+    /// Stored sealed and never shown back.
+    sensitive: bool,
+    nullable: bool,
+    /// The caller must give it.
+    required: bool,
+    /// Set by the backend (token, certificates, ids); the caller cannot give it.
+    backend_filled: bool,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ProvisionBody {
+    /// 1-63 lowercase letters, digits and hyphens, starting with a letter.
+    #[schema(example = "gpu-fleet")]
+    name: String,
+    /// A module from `GET /providers`.
+    #[schema(example = "local")]
+    provider: String,
+    /// Values for the module's variables.
+    #[serde(default)]
+    #[schema(value_type = Object, example = json!({"machine_count": 3}))]
+    variables: Map<String, Value>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct ProvisionParams {
+    /// Plan in a throwaway workspace and return what would change; create nothing.
+    #[serde(default)]
+    dry_run: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct ProvisionResponse {
+    deployment: DeploymentView,
+    run: RunView,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct DeploymentView {
+    id: Uuid,
+    name: String,
+    provider: String,
+    status: DeploymentStatus,
+    /// Why it failed, when it did.
+    status_reason: Option<String>,
+    /// The non-sensitive variables it was provisioned with.
+    #[schema(value_type = Object)]
+    variables: Map<String, Value>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    /// Present on `GET /infrastructure/{id}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    machines: Option<Vec<MachineView>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    latest_run: Option<RunView>,
+    /// Some machines' agents did not answer the last health check.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    degraded: Option<bool>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct MachineView {
+    name: String,
+    public_ip: Option<String>,
+    private_ip: Option<String>,
+    agent_port: Option<i64>,
+    status: MachineStatus,
+    last_seen_at: Option<DateTime<Utc>>,
+    #[schema(value_type = Option<Object>)]
+    info: Option<Value>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct RunView {
+    id: Uuid,
+    deployment_id: Uuid,
+    kind: RunKind,
+    status: RunStatus,
+    /// How many times this run is a re-queue of an interrupted one.
+    attempt: i64,
+    error: Option<String>,
+    progress: Progress,
+    created_at: DateTime<Utc>,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+    cancel_requested_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct Progress {
+    done: i64,
+    total: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct RunDetail {
+    #[serde(flatten)]
+    run: RunView,
+    /// The run's stored log, in order.
+    events: Vec<EventView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct EventView {
+    /// Orders every event of the deployment; the SSE event id.
+    id: i64,
+    run_id: Uuid,
+    seq: i64,
+    at: DateTime<Utc>,
+    /// `status`, `progress`, `log` or `run_finished`.
+    kind: String,
+    #[schema(value_type = Object)]
+    data: Value,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct DeploymentPage {
+    items: Vec<DeploymentView>,
+    /// Pass as `before` for the next page; absent on the last page.
+    next_before: Option<Uuid>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct RunPage {
+    items: Vec<RunView>,
+    next_before: Option<Uuid>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct ListParams {
+    /// Only deployments in this status.
+    status: Option<DeploymentStatus>,
+    /// Page size, 1-100 (default 20).
+    limit: Option<u32>,
+    /// Only items older than this id (the previous page's `next_before`).
+    before: Option<Uuid>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct PageParams {
+    /// Page size, 1-100 (default 20).
+    limit: Option<u32>,
+    /// Only items older than this id (the previous page's `next_before`).
+    before: Option<Uuid>,
+}
+
+impl From<DeploymentRow> for DeploymentView {
+    fn from(row: DeploymentRow) -> Self {
+        Self {
+            id: row.id,
+            status: row.status(),
+            name: row.name,
+            provider: row.provider,
+            status_reason: row.status_reason,
+            variables: row.variables.0,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+            machines: None,
+            latest_run: None,
+            degraded: None,
+        }
+    }
+}
+
+impl From<MachineRow> for MachineView {
+    fn from(row: MachineRow) -> Self {
+        Self {
+            name: row.name,
+            public_ip: row.public_ip,
+            private_ip: row.private_ip,
+            agent_port: row.agent_port,
+            status: row.status.parse().unwrap_or(MachineStatus::Unknown),
+            last_seen_at: row.last_seen_at,
+            info: row.info.map(|info| info.0),
+        }
+    }
+}
+
+impl From<RunRow> for RunView {
+    fn from(row: RunRow) -> Self {
+        Self {
+            id: row.id,
+            deployment_id: row.deployment_id,
+            kind: row.kind(),
+            status: row.status(),
+            attempt: row.attempt,
+            progress: Progress { done: row.progress_done, total: row.progress_total },
+            error: row.error,
+            created_at: row.created_at,
+            started_at: row.started_at,
+            finished_at: row.finished_at,
+            cancel_requested_at: row.cancel_requested_at,
+        }
+    }
+}
+
+impl From<RunEventRow> for EventView {
+    fn from(row: RunEventRow) -> Self {
+        Self {
+            id: row.id,
+            run_id: row.run_id,
+            seq: row.seq,
+            at: row.at,
+            kind: row.kind,
+            data: row.data.0,
+        }
+    }
+}
+
+fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
+    match limit.unwrap_or(DEFAULT_PAGE) {
+        limit @ 1..=MAX_PAGE => Ok(limit),
+        _ => Err(ApiError::bad_request(
+            "invalid_query",
+            format!("limit must be between 1 and {MAX_PAGE}"),
+        )),
+    }
+}
+
+// ---- handlers ----------------------------------------------------------------------------
+
+/// The provider modules and their variables.
+#[utoipa::path(get, path = "/providers", tag = "infrastructure",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Every module the backend found", body = ProvidersResponse),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn list_providers(
+    State(provisioning): State<Provisioning>,
+    _user: AuthUser,
+) -> Json<ProvidersResponse> {
+    let providers = provisioning
+        .catalog
+        .modules()
+        .map(|module| ProviderView {
+            name: module.name.clone(),
+            variables: module
+                .variables
+                .values()
+                .map(|variable| VariableView {
+                    name: variable.name.clone(),
+                    ty: variable.ty.to_string(),
+                    default: variable.default.clone(),
+                    description: variable.description.clone(),
+                    sensitive: variable.sensitive,
+                    nullable: variable.nullable,
+                    required: variable.required(),
+                    backend_filled: variable.backend_filled(),
+                })
+                .collect(),
+            outputs: module.outputs.keys().cloned().collect(),
+        })
+        .collect();
+    Json(ProvidersResponse { providers })
+}
+
+/// Provision a deployment (or, with `dry_run=true`, plan one).
+///
+/// Everything is validated before anything runs. The deployment and its queued `apply` run are
+/// created in one transaction; follow the run with `GET /infrastructure/{id}/events`. With an
+/// `Idempotency-Key`, repeating the same request returns the original deployment.
+#[utoipa::path(post, path = "/provision", tag = "infrastructure",
+    security(("bearer" = [])),
+    params(ProvisionParams, ("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: the same key and body return the original deployment")),
+    request_body = ProvisionBody,
+    responses(
+        (status = 202, description = "Created; the apply is queued", body = ProvisionResponse),
+        (status = 200, description = "Dry run: what would change", body = PlanSummary),
+        (status = 400, description = "Malformed JSON or `Idempotency-Key`", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed` (name, provider, variables), `idempotency_key_reused`, or `plan_failed` (dry run)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Terraform is not available", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn provision(
+    State(provisioning): State<Provisioning>,
+    State(timeouts): State<RequestTimeout>,
+    user: AuthUser,
+    Query(params): Query<ProvisionParams>,
+    headers: HeaderMap,
+    Json(body): Json<ProvisionBody>,
+) -> Result<Response, ApiError> {
+    let request =
+        ProvisionRequest { name: body.name, provider: body.provider, variables: body.variables };
+    if params.dry_run {
+        // Leave a second to answer within the request's own time limit.
+        let deadline =
+            tokio::time::Instant::now() + timeouts.0.saturating_sub(Duration::from_secs(1));
+        let summary = provisioning.dry_run(request, deadline).await?;
+        return Ok(Json(summary).into_response());
+    }
+    let key = idempotency_key(&headers)?;
+    let (deployment, run, replayed) = provisioning.provision(user.id, request, key).await?;
+    let body = ProvisionResponse { deployment: deployment.into(), run: run.into() };
+    let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
+    if replayed {
+        response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+/// The request time limit, for work (dry runs) that must finish within it.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestTimeout(pub Duration);
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let invalid = || {
+        ApiError::bad_request(
+            "invalid_idempotency_key",
+            format!(
+                "Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY_LEN} printable ASCII characters"
+            ),
+        )
+    };
+    let key = value.to_str().map_err(|_| invalid())?;
+    if key.is_empty()
+        || key.len() > MAX_IDEMPOTENCY_KEY_LEN
+        || !key.chars().all(|c| c.is_ascii_graphic())
+    {
+        return Err(invalid());
+    }
+    Ok(Some(key.to_owned()))
+}
+
+/// The caller's deployments, newest first.
+#[utoipa::path(get, path = "/infrastructure", tag = "infrastructure",
+    security(("bearer" = [])),
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page of deployments", body = DeploymentPage),
+        (status = 400, description = "A bad query parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn list_deployments(
+    State(provisioning): State<Provisioning>,
+    user: AuthUser,
+    Query(params): Query<ListParams>,
+) -> Result<Json<DeploymentPage>, ApiError> {
+    let limit = page_limit(params.limit)?;
+    let query = DeploymentQuery { status: params.status, before: params.before, limit };
+    let rows = provisioning.list(user.id, &query).await?;
+    let next_before = (rows.len() == limit as usize).then(|| rows.last().map(|d| d.id)).flatten();
+    Ok(Json(DeploymentPage { items: rows.into_iter().map(Into::into).collect(), next_before }))
+}
+
+/// One deployment with its machines and latest run.
+#[utoipa::path(get, path = "/infrastructure/{id}", tag = "infrastructure",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Deployment id")),
+    responses(
+        (status = 200, description = "The deployment", body = DeploymentView),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such deployment of yours", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn get_deployment(
+    State(provisioning): State<Provisioning>,
+    user: AuthUser,
+    Path(id): Path<Uuid>,
+) -> Result<Json<DeploymentView>, ApiError> {
+    let deployment = provisioning.deployment(user.id, id).await?;
+    let machines: Vec<MachineView> =
+        provisioning.machines(id).await?.into_iter().map(Into::into).collect();
+    let latest_run = provisioning.latest_run(id).await?.map(Into::into);
+    let degraded = machines.iter().any(|m| m.status == MachineStatus::Unreachable);
+    let mut view = DeploymentView::from(deployment);
+    view.machines = Some(machines);
+    view.latest_run = latest_run;
+    view.degraded = Some(degraded);
+    Ok(Json(view))
+}
+
+/// Destroy a deployment: queues a `destroy` run.
+#[utoipa::path(delete, path = "/infrastructure/{id}", tag = "infrastructure",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Deployment id")),
+    responses(
+        (status = 202, description = "The destroy is queued", body = ProvisionResponse),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such deployment of yours", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Another run is active, or it is already destroyed", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn destroy_deployment(
+    State(provisioning): State<Provisioning>,
+    user: AuthUser,
+    Path(id): Path<Uuid>,
+) -> Result<impl IntoResponse, ApiError> {
+    let (deployment, run) = provisioning.destroy(user.id, id).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(ProvisionResponse { deployment: deployment.into(), run: run.into() }),
+    ))
+}
+
+/// A deployment's runs, newest first.
+#[utoipa::path(get, path = "/infrastructure/{id}/runs", tag = "infrastructure",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Deployment id"), PageParams),
+    responses(
+        (status = 200, description = "A page of runs", body = RunPage),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such deployment of yours", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn list_runs(
+    State(provisioning): State<Provisioning>,
+    user: AuthUser,
+    Path(id): Path<Uuid>,
+    Query(params): Query<PageParams>,
+) -> Result<Json<RunPage>, ApiError> {
+    let limit = page_limit(params.limit)?;
+    let rows = provisioning.runs(user.id, id, params.before, limit).await?;
+    let next_before = (rows.len() == limit as usize).then(|| rows.last().map(|r| r.id)).flatten();
+    Ok(Json(RunPage { items: rows.into_iter().map(Into::into).collect(), next_before }))
+}
+
+/// One run with its stored log.
+#[utoipa::path(get, path = "/infrastructure/{id}/runs/{run_id}", tag = "infrastructure",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Deployment id"), ("run_id" = Uuid, Path, description = "Run id")),
+    responses(
+        (status = 200, description = "The run and its events", body = RunDetail),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such run of yours", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn get_run(
+    State(provisioning): State<Provisioning>,
+    user: AuthUser,
+    Path((id, run_id)): Path<(Uuid, Uuid)>,
+) -> Result<Json<RunDetail>, ApiError> {
+    let (run, events) = provisioning.run(user.id, id, run_id).await?;
+    Ok(Json(RunDetail { run: run.into(), events: events.into_iter().map(Into::into).collect() }))
+}
+
+/// Cancel a queued or running run.
+///
+/// A queued run is cancelled at once; a running one gets SIGINT, a grace period, then SIGKILL.
+/// Either way the deployment ends `failed` with the reason, and can still be destroyed.
+#[utoipa::path(post, path = "/infrastructure/{id}/runs/{run_id}/cancel", tag = "infrastructure",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Deployment id"), ("run_id" = Uuid, Path, description = "Run id")),
+    responses(
+        (status = 202, description = "Cancelled, or cancellation requested", body = RunView),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such run of yours", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The run already ended", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn cancel_run(
+    State(provisioning): State<Provisioning>,
+    user: AuthUser,
+    Path((id, run_id)): Path<(Uuid, Uuid)>,
+) -> Result<impl IntoResponse, ApiError> {
+    let run = provisioning.cancel(user.id, id, run_id).await?;
+    Ok((StatusCode::ACCEPTED, Json(RunView::from(run))))
+}
+
+/// Live events of a deployment (Server-Sent Events).
+///
+/// First the latest run's stored events (or those after `Last-Event-ID`), then new ones as they
+/// happen: `status`, `progress {done, total}`, `log {level, message, resource?}`,
+/// `run_finished`. Each event's `id` resumes the stream after a reconnect.
+#[utoipa::path(get, path = "/infrastructure/{id}/events", tag = "infrastructure",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Deployment id"), ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this event")),
+    responses(
+        (status = 200, description = "An event stream", content_type = "text/event-stream", body = String),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such deployment of yours", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn stream_events(
+    State(provisioning): State<Provisioning>,
+    State(bus): State<EventBus>,
+    user: AuthUser,
+    Path(id): Path<Uuid>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    provisioning.deployment(user.id, id).await?;
+    let store = provisioning.store.clone();
+    let after = match headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
+        Some(text) => text.trim().parse::<i64>().map_err(|_| {
+            ApiError::bad_request("invalid_last_event_id", "Last-Event-ID must be an event id")
+        })?,
+        None => match store.latest_run(id).await? {
+            Some(run) => match store.first_event_id(run.id).await? {
+                Some(first) => first - 1,
+                None => store.last_event_id(id).await?,
+            },
+            None => 0,
+        },
+    };
+    // Subscribe before the first read, so nothing stored in between is missed.
+    let subscription = bus.subscribe();
+    let state = (store, subscription, after, VecDeque::<RunEventRow>::new());
+    let stream = futures_util::stream::unfold(
+        state,
+        move |(store, mut subscription, mut after, mut buffer)| async move {
+            loop {
+                if let Some(event) = buffer.pop_front() {
+                    after = event.id;
+                    return Some((Ok(sse_event(event)), (store, subscription, after, buffer)));
+                }
+                match store.events_after(id, after, 200).await {
+                    Ok(events) if !events.is_empty() => buffer.extend(events),
+                    Ok(_) => subscription.changed(id).await,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "failed to read run events; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        },
+    );
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+fn sse_event(event: RunEventRow) -> Event {
+    let mut data = match event.data.0 {
+        Value::Object(map) => map,
+        other => Map::from_iter([("value".to_owned(), other)]),
+    };
+    data.insert("run_id".into(), Value::String(event.run_id.to_string()));
+    data.insert("at".into(), Value::String(event.at.to_rfc3339()));
+    Event::default()
+        .id(event.id.to_string())
+        .event(event.kind)
+        .data(Value::Object(data).to_string())
+}
