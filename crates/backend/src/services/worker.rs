@@ -79,7 +79,7 @@ enum RunEnd {
 }
 
 enum Record {
-    Terraform(UiMessage),
+    Terraform(Box<UiMessage>),
     Step,
     Event(&'static str, Value),
 }
@@ -415,7 +415,7 @@ impl RunWorker {
             let records = records.clone();
             tokio::spawn(async move {
                 while let Some(message) = messages.recv().await {
-                    let _ = records.send(Record::Terraform(message));
+                    let _ = records.send(Record::Terraform(Box::new(message)));
                 }
             })
         };

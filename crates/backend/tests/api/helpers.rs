@@ -3,7 +3,7 @@
 use std::{
     io::{BufRead, BufReader},
     net::SocketAddr,
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     sync::mpsc,
     time::Duration,
@@ -30,10 +30,11 @@ pub struct AppBuilder {
     envs: Vec<(String, String)>,
     dir: Option<TempDir>,
     signing_secret: bool,
+    provisioning: bool,
 }
 
 pub fn app() -> AppBuilder {
-    AppBuilder { envs: Vec::new(), dir: None, signing_secret: true }
+    AppBuilder { envs: Vec::new(), dir: None, signing_secret: true, provisioning: false }
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -59,6 +60,13 @@ impl AppBuilder {
         self
     }
 
+    /// Provisioning with real Terraform: the repository's `terraform/local` plus the test
+    /// fixtures as modules, the real `nim-agent`, and short grace periods.
+    pub fn provisioning(mut self) -> Self {
+        self.provisioning = true;
+        self
+    }
+
     pub async fn spawn(self) -> TestApp {
         let dir = self.dir.unwrap_or_else(|| tempfile::tempdir().expect("temp dir"));
         let mut command = Command::new(env!("CARGO_BIN_EXE_nim-backend"));
@@ -80,6 +88,15 @@ impl AppBuilder {
             .stderr(Stdio::piped());
         if self.signing_secret {
             command.env("NIM_DATA_DIR", dir.path().join("data")).env("NIM_JWT_SECRET", JWT_SECRET);
+        }
+        if self.provisioning {
+            let modules = dir.path().join("modules");
+            let modules = if modules.exists() { modules } else { modules_dir(dir.path()) };
+            command
+                .env("NIM_MODULES_DIR", modules)
+                .env("NIM_AGENT_BINARY", agent_binary())
+                .env("NIM_RUN_CANCEL_GRACE_SECS", "10")
+                .env("NIM_READY_TIMEOUT_SECS", "30");
         }
         for (key, value) in &self.envs {
             command.env(key, value);
@@ -153,6 +170,33 @@ impl TestApp {
         self.client.post(self.url(path)).json(body).send().await.expect("request failed")
     }
 
+    /// A JSON POST as a signed-in user.
+    pub async fn post_as(&self, token: &str, path: &str, body: &Value) -> Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .expect("request failed")
+    }
+
+    pub async fn delete_as(&self, token: &str, path: &str) -> Response {
+        self.client.delete(self.url(path)).bearer_auth(token).send().await.expect("request failed")
+    }
+
+    /// Signs up a fresh user and returns their access token.
+    pub async fn token(&self, email: &str) -> String {
+        let session = self.signed_in_user(email).await;
+        session["access_token"].as_str().expect("access_token").to_owned()
+    }
+
+    /// Sends SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub async fn post_raw(
         &self,
         path: &str,
@@ -206,6 +250,8 @@ impl TestApp {
         panic!("nim-backend did not exit within 10 s of SIGTERM");
     }
 
+    /// Stops the server (if still running) and hands back its directory, to start another
+    /// server on the same data.
     pub fn into_dir(mut self) -> TempDir {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -252,4 +298,63 @@ pub fn error_fields(problem: &Value) -> Vec<&str> {
 
 pub fn exists(path: &Path) -> bool {
     path.try_exists().unwrap_or(false)
+}
+
+/// The `nim-agent` binary `terraform/local` runs: built beside `nim-backend`, by this test run if
+/// it is not there yet (e.g. `cargo test -p backend` alone does not build other packages).
+pub fn agent_binary() -> PathBuf {
+    static BUILT: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let path = Path::new(env!("CARGO_BIN_EXE_nim-backend")).with_file_name("nim-agent");
+    let mut built = BUILT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if !*built && !path.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", "agent", "--bin", "nim-agent"])
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "failed to build nim-agent for the tests");
+    }
+    *built = true;
+    path
+}
+
+/// A modules folder with the repository's `terraform/local` and the test fixtures.
+pub fn modules_dir(into: &Path) -> PathBuf {
+    let root = into.join("modules");
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../terraform/local");
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/modules");
+    copy_dir(&repo, &root.join("local"));
+    for entry in std::fs::read_dir(fixtures).expect("fixtures") {
+        let entry = entry.expect("fixture");
+        copy_dir(&entry.path(), &root.join(entry.file_name()));
+    }
+    root
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create dir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+            let mode = std::fs::metadata(entry.path()).expect("stat").permissions();
+            std::fs::set_permissions(&target, mode).expect("chmod");
+        }
+    }
+}
+
+/// Processes whose command line mentions `needle` (e.g. a test's own temp dir), from /proc.
+pub fn processes_mentioning(needle: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc") {
+        let Ok(entry) = entry else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        if String::from_utf8_lossy(&cmdline).contains(needle) {
+            found.push(pid);
+        }
+    }
+    found
 }

@@ -6,4 +6,5 @@
 
 mod auth;
 mod helpers;
+mod provisioning;
 mod server;

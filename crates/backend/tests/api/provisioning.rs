@@ -1,0 +1,569 @@
+//! Provisioning with real Terraform against `terraform/local` (real `nim-agent` machines on
+//! loopback): the lifecycle, events, dry runs, validation, idempotency, cancel, ownership, and
+//! crash recovery.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, app, assert_problem, error_fields, json_ok, processes_mentioning};
+
+/// How long any run may take in these tests before they give up (a loaded 2-core machine).
+const RUN_WAIT: Duration = Duration::from_secs(120);
+
+async fn provision(app: &TestApp, token: &str, body: Value) -> Value {
+    let response = app.post_as(token, "/provision", &body).await;
+    assert_eq!(
+        response.status(),
+        StatusCode::ACCEPTED,
+        "{}",
+        response.text().await.unwrap_or_default()
+    );
+    response.json().await.unwrap()
+}
+
+/// Polls the deployment until `done(deployment)` holds.
+async fn wait_for(
+    app: &TestApp,
+    token: &str,
+    id: &str,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let started = Instant::now();
+    loop {
+        let deployment =
+            json_ok(app.get(&format!("/infrastructure/{id}"), Some(token)).await).await;
+        if done(&deployment) {
+            return deployment;
+        }
+        assert!(
+            started.elapsed() < RUN_WAIT,
+            "gave up waiting for {what}; last seen: {deployment:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn wait_for_status(app: &TestApp, token: &str, id: &str, status: &str) -> Value {
+    wait_for(app, token, id, status, |d| d["status"] == status).await
+}
+
+/// Agents of this test's deployments still running (their command lines name the test's dir).
+fn agents(app: &TestApp) -> Vec<u32> {
+    let dir = app.dir.path().to_string_lossy().into_owned();
+    processes_mentioning(&dir)
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("nim-agent"))
+        })
+        .collect()
+}
+
+async fn agent_answers(port: u64) -> bool {
+    // The backend pins the deployment's certificate; this check only asks whether something
+    // speaking TLS + HTTP answers as an agent on that port.
+    let client =
+        reqwest::Client::builder().no_proxy().danger_accept_invalid_certs(true).build().unwrap();
+    match client.get(format!("https://127.0.0.1:{port}/v1/health")).send().await {
+        Ok(response) => response.json::<Value>().await.is_ok_and(|body| body["status"] == "ok"),
+        Err(_) => false,
+    }
+}
+
+#[tokio::test]
+async fn three_local_machines_become_ready_and_destroy_removes_them() {
+    let app = app().provisioning().spawn().await;
+    let token = app.token("fleet@example.com").await;
+    let created = provision(
+        &app,
+        &token,
+        json!({"name": "fleet", "provider": "local", "variables": {"machine_count": 3}}),
+    )
+    .await;
+    assert_eq!(created["deployment"]["status"], "pending");
+    assert_eq!(created["run"]["status"], "queued");
+    assert_eq!(created["run"]["kind"], "apply");
+    let id = created["deployment"]["id"].as_str().unwrap().to_owned();
+
+    let ready = wait_for_status(&app, &token, &id, "ready").await;
+    let machines = ready["machines"].as_array().unwrap();
+    assert_eq!(machines.len(), 3, "{ready:#}");
+    let names: Vec<_> = machines.iter().map(|m| m["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["local-0", "local-1", "local-2"]);
+    for machine in machines {
+        let port = machine["agent_port"].as_u64().unwrap();
+        assert!(agent_answers(port).await, "agent on {port} does not answer");
+    }
+    assert_eq!(agents(&app).len(), 3);
+    assert_eq!(ready["latest_run"]["status"], "succeeded");
+    assert_eq!(ready["latest_run"]["progress"], json!({"done": 3, "total": 3}));
+    // Secrets never come back.
+    let text = ready.to_string();
+    assert!(!text.contains("BEGIN") && !text.contains("agent_token"), "{text}");
+
+    let destroying = app.delete_as(&token, &format!("/infrastructure/{id}")).await;
+    assert_eq!(destroying.status(), StatusCode::ACCEPTED);
+    let destroyed = wait_for_status(&app, &token, &id, "destroyed").await;
+    assert_eq!(destroyed["machines"], json!([]));
+    assert!(agents(&app).is_empty(), "agents left after destroy: {:?}", agents(&app));
+    for machine in machines {
+        assert!(!agent_answers(machine["agent_port"].as_u64().unwrap()).await);
+    }
+    // Destroyed is final.
+    let again = app.delete_as(&token, &format!("/infrastructure/{id}")).await;
+    assert_problem(again, 409, "conflict").await;
+
+    let runs = json_ok(app.get(&format!("/infrastructure/{id}/runs"), Some(&token)).await).await;
+    let kinds: Vec<_> = runs["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["kind"].clone(), r["status"].clone()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [(json!("destroy"), json!("succeeded")), (json!("apply"), json!("succeeded"))]
+    );
+}
+
+/// Reads SSE events from a response until `run_finished`; returns `(id, event, data)` triples.
+async fn read_events_until_finished(mut response: reqwest::Response) -> Vec<(i64, String, Value)> {
+    let mut buffer = String::new();
+    let mut events = Vec::new();
+    let deadline = Instant::now() + RUN_WAIT;
+    while Instant::now() < deadline {
+        let chunk = tokio::time::timeout(Duration::from_secs(30), response.chunk())
+            .await
+            .expect("events stalled");
+        let Some(chunk) = chunk.expect("event stream broke") else { break };
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let (mut id, mut kind, mut data) = (None, None, None);
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id: ") {
+                    id = v.parse().ok();
+                }
+                if let Some(v) = line.strip_prefix("event: ") {
+                    kind = Some(v.to_owned());
+                }
+                if let Some(v) = line.strip_prefix("data: ") {
+                    data = serde_json::from_str(v).ok();
+                }
+            }
+            if let (Some(id), Some(kind), Some(data)) = (id, kind, data) {
+                let finished = kind == "run_finished";
+                events.push((id, kind, data));
+                if finished {
+                    return events;
+                }
+            }
+        }
+    }
+    panic!("no run_finished event; got {events:?}");
+}
+
+#[tokio::test]
+async fn run_events_stream_over_sse_in_order_and_resume_after_last_event_id() {
+    let app = app().provisioning().spawn().await;
+    let token = app.token("events@example.com").await;
+    let created = provision(
+        &app,
+        &token,
+        json!({"name": "watched", "provider": "local", "variables": {"machine_count": 2}}),
+    )
+    .await;
+    let id = created["deployment"]["id"].as_str().unwrap();
+    let response = app
+        .client
+        .get(app.url(&format!("/infrastructure/{id}/events")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    let events = read_events_until_finished(response).await;
+
+    let ids: Vec<i64> = events.iter().map(|(id, _, _)| *id).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids not increasing: {ids:?}");
+    assert_eq!(events[0].1, "status");
+    assert_eq!(events[0].2["deployment_status"], "provisioning");
+    let last_progress =
+        events.iter().rev().find(|(_, kind, _)| kind == "progress").expect("a progress event");
+    assert_eq!(last_progress.2["done"], 2);
+    assert_eq!(last_progress.2["total"], 2);
+    assert!(events.iter().any(|(_, kind, data)| kind == "log" && data["resource"] == "terraform_data.machine[1]"));
+    let (_, _, finished) = events.last().unwrap();
+    assert_eq!(finished["status"], "succeeded");
+    assert_eq!(finished["run_id"], created["run"]["id"]);
+
+    // Resuming after an event replays exactly what came after it.
+    let resume_after = events[events.len() / 2].0;
+    let resumed = app
+        .client
+        .get(app.url(&format!("/infrastructure/{id}/events")))
+        .bearer_auth(&token)
+        .header("last-event-id", resume_after.to_string())
+        .send()
+        .await
+        .unwrap();
+    let replayed = read_events_until_finished(resumed).await;
+    assert_eq!(replayed.first().unwrap().0, events[events.len() / 2 + 1].0);
+    assert_eq!(replayed.len(), events.len() - events.len() / 2 - 1);
+
+    // The stored log of the run holds the same events.
+    let run_id = created["run"]["id"].as_str().unwrap();
+    let run =
+        json_ok(app.get(&format!("/infrastructure/{id}/runs/{run_id}"), Some(&token)).await).await;
+    assert_eq!(run["status"], "succeeded");
+    assert_eq!(run["events"].as_array().unwrap().len(), events.len());
+}
+
+#[tokio::test]
+async fn a_dry_run_plans_and_creates_nothing() {
+    let app = app().provisioning().spawn().await;
+    let token = app.token("dry@example.com").await;
+    let response = app
+        .post_as(
+            &token,
+            "/provision?dry_run=true",
+            &json!({"name": "maybe", "provider": "local", "variables": {"machine_count": 2}}),
+        )
+        .await;
+    let plan = json_ok(response).await;
+    assert_eq!(plan["add"], 2);
+    assert_eq!(plan["change"], 0);
+    assert_eq!(plan["destroy"], 0);
+    let addresses: Vec<_> = plan["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["address"].as_str().unwrap(), r["action"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        addresses,
+        [("terraform_data.machine[0]", "create"), ("terraform_data.machine[1]", "create")]
+    );
+
+    let list = json_ok(app.get("/infrastructure", Some(&token)).await).await;
+    assert_eq!(list["items"], json!([]));
+    assert!(agents(&app).is_empty());
+    let deployments_dir = app.dir.path().join("data/deployments");
+    assert!(
+        !deployments_dir.exists() || std::fs::read_dir(&deployments_dir).unwrap().next().is_none()
+    );
+
+    // Terraform's own validation surfaces as a 422 with its message.
+    let response = app
+        .post_as(
+            &token,
+            "/provision?dry_run=true",
+            &json!({"name": "maybe", "provider": "local", "variables": {"machine_count": 500}}),
+        )
+        .await;
+    let problem = assert_problem(response, 422, "validation_failed").await;
+    assert_eq!(error_fields(&problem), ["variables.machine_count"]);
+    let response = app
+        .post_as(
+            &token,
+            "/provision?dry_run=true",
+            &json!({"name": "maybe", "provider": "local", "variables": {"machine_count": 0}}),
+        )
+        .await;
+    let problem = assert_problem(response, 422, "plan_failed").await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("machine_count must be a whole number from 1 to 50"),
+        "{problem}"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_module_fails_the_deployment_with_terraforms_message() {
+    let app = app().provisioning().spawn().await;
+    let token = app.token("fail@example.com").await;
+    let created = provision(
+        &app,
+        &token,
+        json!({"name": "doomed", "provider": "failing", "variables": {"reason": "disk on fire"}}),
+    )
+    .await;
+    let id = created["deployment"]["id"].as_str().unwrap();
+    let failed = wait_for_status(&app, &token, id, "failed").await;
+    let reason = failed["status_reason"].as_str().unwrap();
+    assert!(reason.starts_with("terraform apply failed"), "{reason}");
+    assert!(reason.contains("disk on fire"), "{reason}");
+    assert_eq!(failed["latest_run"]["status"], "failed");
+    // A failed deployment can still be destroyed.
+    assert_eq!(
+        app.delete_as(&token, &format!("/infrastructure/{id}")).await.status(),
+        StatusCode::ACCEPTED
+    );
+    wait_for_status(&app, &token, id, "destroyed").await;
+}
+
+#[tokio::test]
+async fn provision_validates_everything_before_anything_runs() {
+    let app = app().provisioning().spawn().await;
+    let token = app.token("validate@example.com").await;
+    let cases = [
+        (json!({"name": "Bad_Name", "provider": "local"}), vec!["name"]),
+        (json!({"name": "", "provider": "local"}), vec!["name"]),
+        (json!({"name": "ok", "provider": "../x"}), vec!["provider"]),
+        (
+            json!({"name": "ok", "provider": "local", "variables": {"nope": 1}}),
+            vec!["variables.nope"],
+        ),
+        (
+            json!({"name": "ok", "provider": "local", "variables": {"machine_count": "three"}}),
+            vec!["variables.machine_count"],
+        ),
+        (
+            json!({"name": "ok", "provider": "local", "variables": {"agent_token": "mine"}}),
+            vec!["variables.agent_token"],
+        ),
+        (
+            json!({"name": "ok", "provider": "local", "variables": {"deployment_id": "x"}}),
+            vec!["variables.deployment_id"],
+        ),
+        (json!({"name": "ok", "provider": "failing"}), vec!["variables.reason"]),
+        (
+            json!({"name": "ok", "provider": "failing", "variables": {"reason": ["a"]}}),
+            vec!["variables.reason"],
+        ),
+        (json!({"provider": "local"}), vec!["name"]),
+        (json!({"name": "ok", "provider": "local", "extra": true}), vec!["extra"]),
+    ];
+    for (body, fields) in cases {
+        let response = app.post_as(&token, "/provision", &body).await;
+        let problem = assert_problem(response, 422, "validation_failed").await;
+        assert_eq!(error_fields(&problem), fields, "for {body}");
+    }
+    let response =
+        app.post_as(&token, "/provision", &json!({"name": "ok", "provider": "../x"})).await;
+    let problem = assert_problem(response, 422, "validation_failed").await;
+    let message = problem["errors"][0]["message"].as_str().unwrap();
+    assert!(message.contains("valid providers: failing, local"), "{message}");
+
+    let unauthenticated =
+        app.post_json("/provision", &json!({"name": "ok", "provider": "local"})).await;
+    assert_problem(unauthenticated, 401, "no_authorization").await;
+    // Nothing was created by any of it.
+    assert_eq!(json_ok(app.get("/infrastructure", Some(&token)).await).await["items"], json!([]));
+}
+
+#[tokio::test]
+async fn an_idempotency_key_returns_the_original_deployment() {
+    let app = app().provisioning().spawn().await;
+    let token = app.token("idem@example.com").await;
+    let body = json!({"name": "once", "provider": "local", "variables": {"machine_count": 1}});
+    let send = |body: Value, key: &'static str| {
+        app.client
+            .post(app.url("/provision"))
+            .bearer_auth(&token)
+            .header("idempotency-key", key)
+            .json(&body)
+            .send()
+    };
+    let first = send(body.clone(), "key-1").await.unwrap();
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    let first: Value = first.json().await.unwrap();
+    let second = send(body.clone(), "key-1").await.unwrap();
+    assert_eq!(second.status(), StatusCode::ACCEPTED);
+    assert_eq!(second.headers()["idempotent-replayed"], "true");
+    let second: Value = second.json().await.unwrap();
+    assert_eq!(first["deployment"]["id"], second["deployment"]["id"]);
+    assert_eq!(first["run"]["id"], second["run"]["id"]);
+
+    let mut changed = body.clone();
+    changed["variables"]["machine_count"] = json!(2);
+    assert_problem(send(changed, "key-1").await.unwrap(), 422, "idempotency_key_reused").await;
+    let bad_key = app
+        .client
+        .post(app.url("/provision"))
+        .bearer_auth(&token)
+        .header("idempotency-key", "has space")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(bad_key, 400, "invalid_idempotency_key").await;
+
+    let list = json_ok(app.get("/infrastructure", Some(&token)).await).await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    let id = first["deployment"]["id"].as_str().unwrap();
+    wait_for_status(&app, &token, id, "ready").await;
+    app.delete_as(&token, &format!("/infrastructure/{id}")).await;
+    wait_for_status(&app, &token, id, "destroyed").await;
+}
+
+#[tokio::test]
+async fn another_users_deployment_is_404_everywhere() {
+    let app = app().provisioning().spawn().await;
+    let owner = app.token("owner@example.com").await;
+    let other = app.token("other@example.com").await;
+    let created = provision(
+        &app,
+        &owner,
+        json!({"name": "mine", "provider": "failing", "variables": {"reason": "x"}}),
+    )
+    .await;
+    let id = created["deployment"]["id"].as_str().unwrap();
+    let run_id = created["run"]["id"].as_str().unwrap();
+
+    for path in [
+        format!("/infrastructure/{id}"),
+        format!("/infrastructure/{id}/runs"),
+        format!("/infrastructure/{id}/runs/{run_id}"),
+        format!("/infrastructure/{id}/events"),
+    ] {
+        assert_problem(app.get(&path, Some(&other)).await, 404, "not_found").await;
+    }
+    assert_problem(app.delete_as(&other, &format!("/infrastructure/{id}")).await, 404, "not_found")
+        .await;
+    let cancel = app
+        .post_as(&other, &format!("/infrastructure/{id}/runs/{run_id}/cancel"), &json!({}))
+        .await;
+    assert_problem(cancel, 404, "not_found").await;
+    assert_eq!(json_ok(app.get("/infrastructure", Some(&other)).await).await["items"], json!([]));
+    // A malformed id is simply not found.
+    assert_problem(app.get("/infrastructure/not-a-uuid", Some(&owner)).await, 404, "not_found")
+        .await;
+
+    let list = json_ok(app.get("/infrastructure?status=failed&limit=5", Some(&owner)).await).await;
+    assert!(list["items"].as_array().unwrap().iter().all(|d| d["status"] == "failed"));
+    assert_problem(
+        app.get("/infrastructure?status=bogus", Some(&owner)).await,
+        400,
+        "invalid_query",
+    )
+    .await;
+    assert_problem(app.get("/infrastructure?limit=0", Some(&owner)).await, 400, "invalid_query")
+        .await;
+}
+
+#[tokio::test]
+async fn cancelling_a_running_apply_fails_the_deployment_and_destroy_still_works() {
+    let app = app().provisioning().spawn().await;
+    let token = app.token("cancel@example.com").await;
+    // Machines that take a minute to boot keep the apply busy in local-exec.
+    let created = provision(&app, &token, json!({"name": "slow", "provider": "local", "variables": {"machine_count": 2, "boot_delay_seconds": 60}})).await;
+    let id = created["deployment"]["id"].as_str().unwrap();
+    let run_id = created["run"]["id"].as_str().unwrap();
+    wait_for(&app, &token, id, "the apply to start", |d| {
+        d["latest_run"]["status"] == "running" && d["latest_run"]["progress"]["total"] == 2
+    })
+    .await;
+
+    // A second run cannot start while this one is active.
+    assert_problem(app.delete_as(&token, &format!("/infrastructure/{id}")).await, 409, "conflict")
+        .await;
+
+    let started = Instant::now();
+    let cancel = app
+        .post_as(&token, &format!("/infrastructure/{id}/runs/{run_id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(cancel.status(), StatusCode::ACCEPTED);
+    let failed = wait_for_status(&app, &token, id, "failed").await;
+    assert!(started.elapsed() < Duration::from_secs(40), "cancel took {:?}", started.elapsed());
+    assert_eq!(failed["latest_run"]["status"], "cancelled");
+    assert_eq!(failed["status_reason"], "the apply was cancelled");
+    let again = app
+        .post_as(&token, &format!("/infrastructure/{id}/runs/{run_id}/cancel"), &json!({}))
+        .await;
+    assert_problem(again, 409, "conflict").await;
+    // No terraform or sleeping provisioner of this deployment survives the cancel.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let leftovers: Vec<_> = processes_mentioning(&app.dir.path().to_string_lossy())
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| !String::from_utf8_lossy(&c).contains("nim-backend"))
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "processes left after cancel: {leftovers:?}");
+
+    assert_eq!(
+        app.delete_as(&token, &format!("/infrastructure/{id}")).await.status(),
+        StatusCode::ACCEPTED
+    );
+    wait_for_status(&app, &token, id, "destroyed").await;
+    assert!(agents(&app).is_empty());
+}
+
+#[tokio::test]
+async fn a_backend_killed_mid_apply_resumes_the_run_once_after_restart() {
+    let mut first = app().provisioning().spawn().await;
+    let token = first.token("crash@example.com").await;
+    let created = provision(&first, &token, json!({"name": "phoenix", "provider": "local", "variables": {"machine_count": 2, "boot_delay_seconds": 3}})).await;
+    let id = created["deployment"]["id"].as_str().unwrap().to_owned();
+    wait_for(&first, &token, &id, "the apply to start", |d| {
+        d["latest_run"]["status"] == "running" && d["latest_run"]["progress"]["total"] == 2
+    })
+    .await;
+    first.kill9();
+
+    let second = app().provisioning().dir(first.into_dir()).spawn().await;
+    let ready = wait_for_status(&second, &token, &id, "ready").await;
+    assert_eq!(ready["machines"].as_array().unwrap().len(), 2);
+    let runs = json_ok(second.get(&format!("/infrastructure/{id}/runs"), Some(&token)).await).await;
+    let runs: Vec<_> = runs["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["status"].clone(), r["attempt"].clone()))
+        .collect();
+    assert_eq!(runs, [(json!("succeeded"), json!(1)), (json!("interrupted"), json!(0))]);
+    // Exactly the two machines' agents run: none was leaked by the interrupted apply.
+    assert_eq!(agents(&second).len(), 2, "agents: {:?}", agents(&second));
+    for machine in ready["machines"].as_array().unwrap() {
+        assert!(agent_answers(machine["agent_port"].as_u64().unwrap()).await);
+    }
+
+    second.delete_as(&token, &format!("/infrastructure/{id}")).await;
+    wait_for_status(&second, &token, &id, "destroyed").await;
+    assert!(agents(&second).is_empty());
+}
+
+#[tokio::test]
+async fn sigterm_during_a_run_interrupts_it_cleanly_and_the_next_start_resumes_it() {
+    let mut first = app().provisioning().spawn().await;
+    let token = first.token("term@example.com").await;
+    let created = provision(&first, &token, json!({"name": "graceful", "provider": "local", "variables": {"machine_count": 1, "boot_delay_seconds": 60}})).await;
+    let id = created["deployment"]["id"].as_str().unwrap().to_owned();
+    wait_for(&first, &token, &id, "the apply to start", |d| {
+        d["latest_run"]["status"] == "running" && d["latest_run"]["progress"]["total"] == 1
+    })
+    .await;
+    let started = Instant::now();
+    let status = first.terminate();
+    assert!(status.success(), "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(10), "shutdown took {:?}", started.elapsed());
+
+    // Restarted with fast machines: the re-queued apply completes.
+    let second = app().provisioning().dir(first.into_dir()).spawn().await;
+    let runs = json_ok(second.get(&format!("/infrastructure/{id}/runs"), Some(&token)).await).await;
+    let first_run = runs["items"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(first_run["status"], "interrupted", "{runs:#}");
+    assert!(first_run["error"].as_str().unwrap().contains("shut down"), "{first_run}");
+    // The re-queued run keeps the module's variables (60 s boot): cancel it and destroy.
+    let next = wait_for(&second, &token, &id, "the re-queued run", |d| {
+        d["latest_run"]["status"] == "running"
+    })
+    .await;
+    let next_id = next["latest_run"]["id"].as_str().unwrap();
+    assert_eq!(next["latest_run"]["attempt"], 0, "a shutdown does not use up the crash retry");
+    second
+        .post_as(&token, &format!("/infrastructure/{id}/runs/{next_id}/cancel"), &json!({}))
+        .await;
+    wait_for_status(&second, &token, &id, "failed").await;
+    second.delete_as(&token, &format!("/infrastructure/{id}")).await;
+    wait_for_status(&second, &token, &id, "destroyed").await;
+    assert!(agents(&second).is_empty());
+}
