@@ -98,6 +98,9 @@ pub struct Provisioning {
     pub cancel_grace: std::time::Duration,
     /// Wakes the run worker when a run is queued.
     pub work_queued: Arc<Notify>,
+    /// Held around every `terraform init`: the shared plugin cache is not safe for concurrent
+    /// inits (plan and apply only read it).
+    pub init_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Provisioning {
@@ -308,7 +311,10 @@ impl Provisioning {
 
         let stop = StopSignals { cancel: Default::default(), deadline, grace: self.cancel_grace };
         let (sink, mut messages) = mpsc::unbounded_channel();
-        let init = terraform.run(&workspace.module_dir, &init_args(), &env, &stop, &sink).await?;
+        let init = {
+            let _cache = self.init_lock.lock().await;
+            terraform.run(&workspace.module_dir, &init_args(), &env, &stop, &sink).await?
+        };
         if let Exit::Failed { summary, .. } = init {
             return Err(DeploymentError::PlanFailed(summary));
         }

@@ -425,6 +425,10 @@ impl RunWorker {
         for (step, args) in steps {
             let _ = records.send(Record::Step);
             log(records, format!("terraform {step}"));
+            let _cache = match step {
+                "init" => Some(self.ctx.init_lock.lock().await),
+                _ => None,
+            };
             let exit = terraform.run(&workspace.module_dir, &args, &env, &stop, &sink).await;
             end = match exit? {
                 Exit::Succeeded => continue,

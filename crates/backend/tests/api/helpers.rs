@@ -150,6 +150,11 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Machines of deployments a test did not destroy are agents outliving their backend, as
+        // a VM would; they must not outlive the test.
+        for pid in processes_mentioning(&self.dir.path().to_string_lossy()) {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        }
     }
 }
 
@@ -307,10 +312,13 @@ pub fn agent_binary() -> PathBuf {
     let path = Path::new(env!("CARGO_BIN_EXE_nim-backend")).with_file_name("nim-agent");
     let mut built = BUILT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if !*built && !path.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "agent", "--bin", "nim-agent"])
-            .status()
-            .expect("cargo runs");
+        // Build it with the profile this binary was built with (benches run in release).
+        let release = path.parent().is_some_and(|dir| dir.ends_with("release"));
+        let mut args = vec!["build", "-p", "agent", "--bin", "nim-agent"];
+        if release {
+            args.push("--release");
+        }
+        let status = Command::new(env!("CARGO")).args(args).status().expect("cargo runs");
         assert!(status.success(), "failed to build nim-agent for the tests");
     }
     *built = true;
