@@ -85,7 +85,15 @@ pub struct MachineResult<T> {
     /// Why the call did not succeed, when there is no exit code to say it.
     pub error: Option<String>,
     /// Wall-clock time of this machine's call, as the backend saw it.
-    pub elapsed_ms: u64,
+    #[serde(rename = "elapsed_ms", serialize_with = "serialize_millis")]
+    pub elapsed: Duration,
+}
+
+fn serialize_millis<S: serde::Serializer>(
+    elapsed: &Duration,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_u64(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Why a call to one agent failed.
@@ -424,7 +432,7 @@ impl CloudClientService {
                     Ok(call) => call.await,
                     Err(err) => Err(err),
                 };
-                let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                let elapsed = started.elapsed();
                 let result = match outcome {
                     Ok(response) => {
                         let (status, error) = judge(&response);
@@ -433,7 +441,7 @@ impl CloudClientService {
                             status,
                             response: Some(response),
                             error,
-                            elapsed_ms,
+                            elapsed,
                         }
                     }
                     Err(err) => {
@@ -443,7 +451,7 @@ impl CloudClientService {
                             status: err.status(),
                             response: None,
                             error: Some(err.to_string()),
-                            elapsed_ms,
+                            elapsed,
                         }
                     }
                 };
