@@ -132,3 +132,22 @@ async fn wait_ready_names_the_machines_that_never_answered() {
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
+
+#[tokio::test]
+async fn wait_ready_past_its_deadline_names_every_machine() {
+    let deployment = Deployment::new();
+    let machines: Vec<AgentTarget> = ["a", "b"]
+        .into_iter()
+        .map(|name| AgentTarget {
+            name: name.into(),
+            host: "127.0.0.1".into(),
+            port: free_port(),
+            credentials: deployment.credentials.clone(),
+        })
+        .collect();
+
+    let err = service().wait_ready(&machines, Instant::now()).await.unwrap_err();
+
+    let names: Vec<&str> = err.pending.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(names, ["a", "b"]);
+}

@@ -302,7 +302,9 @@ impl CloudClientService {
         let client = reqwest::Client::builder()
             .use_preconfigured_tls(pin.client_config())
             .connect_timeout(self.config.connect_timeout)
-            .pool_idle_timeout(Duration::from_secs(60))
+            // Below the agent's 30 s idle close (its header read timeout), so a pooled
+            // connection is never reused just as the agent closes it.
+            .pool_idle_timeout(Duration::from_secs(20))
             .tcp_nodelay(true)
             // Agents are reached directly; a proxy from the environment must not sit in between.
             .no_proxy()
@@ -377,7 +379,8 @@ impl CloudClientService {
         deadline: Instant,
     ) -> Result<(), NotReady> {
         let mut pending: Vec<AgentTarget> = machines.to_vec();
-        let mut errors: Vec<String> = Vec::new();
+        let mut errors: Vec<String> =
+            vec!["no health check finished before the deadline".to_owned(); machines.len()];
         let mut backoff = Duration::from_millis(100);
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
