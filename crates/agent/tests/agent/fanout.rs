@@ -151,3 +151,43 @@ async fn wait_ready_past_its_deadline_names_every_machine() {
     let names: Vec<&str> = err.pending.iter().map(|(name, _)| name.as_str()).collect();
     assert_eq!(names, ["a", "b"]);
 }
+
+#[tokio::test]
+async fn repeated_calls_to_a_deployment_reuse_one_connection() {
+    let deployment = Deployment::new();
+    let agent = deployment.spawn_agent(&[]).await;
+    let service = service();
+    let machines = std::slice::from_ref(&agent.target);
+
+    assert_eq!(service.health(machines).await[0].status, MachineStatus::Succeeded);
+    let first = open_connections_to(agent.addr.port());
+    for _ in 0..5 {
+        let results =
+            service.exec(machines, &ExecRequest::argv(["true"]), &ExecOptions::default()).await;
+        assert_eq!(results[0].status, MachineStatus::Succeeded);
+        assert_eq!(service.health(machines).await[0].status, MachineStatus::Succeeded);
+    }
+    service.info(&agent.target).await.unwrap();
+
+    assert_eq!(first.len(), 1, "one connection after the first call: {first:?}");
+    assert_eq!(
+        open_connections_to(agent.addr.port()),
+        first,
+        "later calls use the same connection"
+    );
+}
+
+/// Local addresses of the established loopback connections to `port` (`/proc/net/tcp`).
+fn open_connections_to(port: u16) -> Vec<String> {
+    const ESTABLISHED: &str = "01";
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let remote = format!(":{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields[2].ends_with(&remote) && fields[3] == ESTABLISHED).then(|| fields[1].to_owned())
+        })
+        .collect()
+}
