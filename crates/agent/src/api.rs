@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use axum::{
-    Json, Router,
+    Router,
     body::Bytes,
     extract::{
         ConnectInfo, DefaultBodyLimit, FromRef, FromRequestParts, State, rejection::BytesRejection,
@@ -17,7 +17,12 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use wire::{ExecRequest, ExecResponse, HealthResponse, InfoResponse};
 
-use crate::{config::Limits, error::ApiError, exec::ExecPlan, info};
+use crate::{
+    config::Limits,
+    error::{ApiError, Json},
+    exec::ExecPlan,
+    info,
+};
 
 /// Everything a handler needs; cheap to clone.
 #[derive(Clone)]

@@ -3,11 +3,30 @@
 //! never an internal error's text.
 
 use axum::{
-    Json,
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
+use serde::Serialize;
 use wire::{FieldError, Problem, problem::PROBLEM_JSON};
+
+/// A JSON response body. Only for answers: axum's `Json` extractor would reject requests in
+/// plain text, so `POST /v1/exec` parses its body itself (see `api::parse_exec_request`).
+pub(crate) struct Json<T>(pub(crate) T);
+
+impl<T: Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        match serde_json::to_vec(&self.0) {
+            Ok(body) => {
+                ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body)
+                    .into_response()
+            }
+            Err(err) => {
+                ApiError::Internal(anyhow::Error::new(err).context("failed to encode a response"))
+                    .into_response()
+            }
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ApiError {

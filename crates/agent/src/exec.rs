@@ -169,7 +169,10 @@ impl ExecPlan {
             let (status, timed_out) = loop {
                 tokio::select! {
                     status = child.wait() => {
-                        break (status.map_err(|e| anyhow::anyhow!("failed to wait for `{}`: {e}", self.program))?, false);
+                        let status = status.map_err(|e| {
+                            anyhow::anyhow!("failed to wait for `{}`: {e}", self.program)
+                        })?;
+                        break (status, false);
                     }
                     _ = &mut io, if !io_done => io_done = true,
                     () = &mut deadline => {
@@ -194,7 +197,14 @@ impl ExecPlan {
             (status, timed_out)
         };
         let duration = started.elapsed();
-        tracing::info!(program = %self.program, pid, ?status, timed_out, duration_ms = duration.as_millis() as u64, "command finished");
+        tracing::info!(
+            program = %self.program,
+            pid,
+            %status,
+            timed_out,
+            duration_ms = duration.as_millis() as u64,
+            "command finished"
+        );
         Ok(ExecResponse {
             exit_code: status.code(),
             signal: status.signal(),

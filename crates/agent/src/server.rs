@@ -2,7 +2,7 @@
 //! HTTP/1.1, and shuts down in order on SIGTERM (stop accepting, let commands finish for the
 //! grace period, then kill them).
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{io::Write, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use hyper_util::{
@@ -28,6 +28,10 @@ use crate::{
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Once running commands are killed, how long their responses get to reach the client.
 const FINAL_FLUSH: Duration = Duration::from_secs(5);
+/// A request's head must arrive within this; it also closes keep-alive connections idle this
+/// long (hyper starts the timer while waiting for the next request). The backend's pool drops
+/// idle connections sooner (20 s), so it never reuses one the agent is closing.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A built agent: listener bound, certificate loaded, not yet serving.
 pub struct Agent {
@@ -77,8 +81,12 @@ impl Agent {
         let addr = self.local_addr();
         let Self { listener, acceptor, router, kill_running, shutdown, grace } = self;
         tracing::info!(%addr, "listening");
-        // For supervisors and tests that start the agent on port 0.
-        println!("{}", serde_json::json!({ "listening": addr.to_string() }));
+        // For supervisors and tests that start the agent on port 0. A closed stdout is no
+        // reason to stop serving, so a failed write is only logged.
+        let announce = serde_json::json!({ "listening": addr.to_string() });
+        if let Err(err) = writeln!(std::io::stdout(), "{announce}") {
+            tracing::warn!(error = %err, "failed to print the listening address on stdout");
+        }
 
         tokio::spawn(cancel_on_signal(shutdown.clone()));
         let connections = GracefulShutdown::new();
@@ -117,7 +125,7 @@ impl Agent {
                 });
                 let connection = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(30))
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
                     .serve_connection(TokioIo::new(tls), service);
                 if let Err(err) = watcher.watch(connection).await {
                     tracing::debug!(%peer, error = %err, "connection ended with an error");

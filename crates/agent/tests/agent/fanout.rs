@@ -132,3 +132,62 @@ async fn wait_ready_names_the_machines_that_never_answered() {
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
+
+#[tokio::test]
+async fn wait_ready_past_its_deadline_names_every_machine() {
+    let deployment = Deployment::new();
+    let machines: Vec<AgentTarget> = ["a", "b"]
+        .into_iter()
+        .map(|name| AgentTarget {
+            name: name.into(),
+            host: "127.0.0.1".into(),
+            port: free_port(),
+            credentials: deployment.credentials.clone(),
+        })
+        .collect();
+
+    let err = service().wait_ready(&machines, Instant::now()).await.unwrap_err();
+
+    let names: Vec<&str> = err.pending.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(names, ["a", "b"]);
+}
+
+#[tokio::test]
+async fn repeated_calls_to_a_deployment_reuse_one_connection() {
+    let deployment = Deployment::new();
+    let agent = deployment.spawn_agent(&[]).await;
+    let service = service();
+    let machines = std::slice::from_ref(&agent.target);
+
+    assert_eq!(service.health(machines).await[0].status, MachineStatus::Succeeded);
+    let first = open_connections_to(agent.addr.port());
+    for _ in 0..5 {
+        let results =
+            service.exec(machines, &ExecRequest::argv(["true"]), &ExecOptions::default()).await;
+        assert_eq!(results[0].status, MachineStatus::Succeeded);
+        assert_eq!(service.health(machines).await[0].status, MachineStatus::Succeeded);
+    }
+    service.info(&agent.target).await.unwrap();
+
+    assert_eq!(first.len(), 1, "one connection after the first call: {first:?}");
+    assert_eq!(
+        open_connections_to(agent.addr.port()),
+        first,
+        "later calls use the same connection"
+    );
+}
+
+/// Local addresses of the established loopback connections to `port` (`/proc/net/tcp`).
+fn open_connections_to(port: u16) -> Vec<String> {
+    const ESTABLISHED: &str = "01";
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let remote = format!(":{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields[2].ends_with(&remote) && fields[3] == ESTABLISHED).then(|| fields[1].to_owned())
+        })
+        .collect()
+}

@@ -85,7 +85,15 @@ pub struct MachineResult<T> {
     /// Why the call did not succeed, when there is no exit code to say it.
     pub error: Option<String>,
     /// Wall-clock time of this machine's call, as the backend saw it.
-    pub elapsed_ms: u64,
+    #[serde(rename = "elapsed_ms", serialize_with = "serialize_millis")]
+    pub elapsed: Duration,
+}
+
+fn serialize_millis<S: serde::Serializer>(
+    elapsed: &Duration,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_u64(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Why a call to one agent failed.
@@ -294,7 +302,9 @@ impl CloudClientService {
         let client = reqwest::Client::builder()
             .use_preconfigured_tls(pin.client_config())
             .connect_timeout(self.config.connect_timeout)
-            .pool_idle_timeout(Duration::from_secs(60))
+            // Below the agent's 30 s idle close (its header read timeout), so a pooled
+            // connection is never reused just as the agent closes it.
+            .pool_idle_timeout(Duration::from_secs(20))
             .tcp_nodelay(true)
             // Agents are reached directly; a proxy from the environment must not sit in between.
             .no_proxy()
@@ -369,7 +379,8 @@ impl CloudClientService {
         deadline: Instant,
     ) -> Result<(), NotReady> {
         let mut pending: Vec<AgentTarget> = machines.to_vec();
-        let mut errors: Vec<String> = Vec::new();
+        let mut errors: Vec<String> =
+            vec!["no health check finished before the deadline".to_owned(); machines.len()];
         let mut backoff = Duration::from_millis(100);
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -426,7 +437,7 @@ impl CloudClientService {
                     Ok(call) => call.await,
                     Err(err) => Err(err),
                 };
-                let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                let elapsed = started.elapsed();
                 let result = match outcome {
                     Ok(response) => {
                         let (status, error) = judge(&response);
@@ -435,7 +446,7 @@ impl CloudClientService {
                             status,
                             response: Some(response),
                             error,
-                            elapsed_ms,
+                            elapsed,
                         }
                     }
                     Err(err) => {
@@ -445,7 +456,7 @@ impl CloudClientService {
                             status: err.status(),
                             response: None,
                             error: Some(err.to_string()),
-                            elapsed_ms,
+                            elapsed,
                         }
                     }
                 };
