@@ -1,7 +1,7 @@
 //! The plan's `index.ts`: builds configuration, services and the router, binds the listener and
 //! serves until a signal. `main.rs` is a shim over [`Application`]; tests build one the same way.
 
-use std::{net::SocketAddr, num::NonZeroU32, sync::Arc};
+use std::{net::SocketAddr, num::NonZeroU32, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -11,7 +11,7 @@ use crate::{
     api::{self, AppState, AuthRateLimiter, ClientAddrSource},
     config::{Config, redact_database_url},
     secrets,
-    services::auth::{AuthService, JwtKeys, LocalAuth},
+    services::auth::{AuthService, JwtKeys, LocalAuth, SupabaseAuth, SupabaseOptions},
     store::Store,
 };
 
@@ -93,15 +93,38 @@ impl Application {
 }
 
 async fn build_auth(config: &Config, store: Store) -> anyhow::Result<Arc<dyn AuthService>> {
-    let secret = match &config.jwt_secret {
-        Some(secret) => secret.clone(),
-        None => secrets::load_or_generate(&config.data_dir.join("jwt-secret"), 32)?,
+    let auth: Arc<dyn AuthService> = match (&config.supabase_url, &config.supabase_anon_key) {
+        (Some(url), Some(anon_key)) => Arc::new(SupabaseAuth::new(SupabaseOptions {
+            url: url.clone(),
+            anon_key: anon_key.clone(),
+            jwt_secret: config.supabase_jwt_secret.clone(),
+            secret_key: config.supabase_secret_key.clone(),
+            jwks_ttl: Duration::from_secs(config.supabase_jwks_ttl_secs),
+            session_check_interval: config.supabase_session_check_secs.map(Duration::from_secs),
+            connect_timeout: Duration::from_millis(config.supabase_connect_timeout_ms),
+            timeout: Duration::from_millis(config.supabase_timeout_ms),
+            max_retries: config.supabase_max_retries,
+        })?),
+        (Some(_), None) => anyhow::bail!(
+            "SUPABASE_URL is set but SUPABASE_ANON_KEY is not; set both to use Supabase Auth, or neither for the built-in provider"
+        ),
+        (None, Some(_)) => anyhow::bail!(
+            "SUPABASE_ANON_KEY is set but SUPABASE_URL is not; set both to use Supabase Auth, or neither for the built-in provider"
+        ),
+        (None, None) => {
+            let secret = match &config.jwt_secret {
+                Some(secret) => secret.clone(),
+                None => secrets::load_or_generate(&config.data_dir.join("jwt-secret"), 32)?,
+            };
+            let keys = JwtKeys::new(&secret, &config.jwt_issuer)?;
+            Arc::new(
+                LocalAuth::new(store, keys, config.access_token_ttl_secs, config.session_ttl_secs)
+                    .await?,
+            )
+        }
     };
-    let keys = JwtKeys::new(&secret, &config.jwt_issuer)?;
-    let auth =
-        LocalAuth::new(store, keys, config.access_token_ttl_secs, config.session_ttl_secs).await?;
     tracing::info!(provider = auth.provider(), "auth ready");
-    Ok(Arc::new(auth))
+    Ok(auth)
 }
 
 async fn cancel_on_signal(shutdown: CancellationToken) {

@@ -5,6 +5,7 @@
 mod jwt;
 mod local;
 mod password;
+mod supabase;
 
 use std::net::IpAddr;
 
@@ -15,6 +16,7 @@ use wire::{FieldError, Session, SignUpResponse, User};
 
 pub use jwt::{AccessClaims, JwtKeys};
 pub use local::LocalAuth;
+pub use supabase::{SupabaseAuth, SupabaseOptions};
 
 /// Audience and role of every signed-in user's token, as in Supabase.
 pub const AUTHENTICATED: &str = "authenticated";
@@ -77,6 +79,15 @@ pub enum AuthError {
     RefreshTokenAlreadyUsed,
     #[error("the session has expired or was logged out; log in again")]
     SessionExpired,
+    #[error("the email address has not been confirmed yet; follow the link in the confirmation email")]
+    EmailNotConfirmed,
+    #[error("new accounts cannot be created: sign-ups are disabled for this project")]
+    SignupDisabled,
+    #[error("this user is banned")]
+    UserBanned,
+    /// The auth provider itself is rate-limiting us (ours is in front, in the API layer).
+    #[error("the auth provider is rate-limiting these requests")]
+    RateLimited { retry_after: std::time::Duration },
     #[error("the auth service is unavailable")]
     Unavailable(#[source] anyhow::Error),
     #[error(transparent)]
