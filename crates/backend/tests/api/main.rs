@@ -5,5 +5,7 @@
 #![allow(unreachable_pub)]
 
 mod auth;
+mod gotrue_stub;
 mod helpers;
 mod server;
+mod supabase;

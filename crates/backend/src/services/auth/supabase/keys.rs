@@ -13,7 +13,6 @@ use std::{
 
 use jsonwebtoken::{
     Algorithm, DecodingKey, Validation,
-    errors::ErrorKind,
     jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm},
 };
 use secrecy::{ExposeSecret, SecretString};
@@ -22,7 +21,7 @@ use tokio::sync::{Mutex, RwLock};
 use uuid::Uuid;
 
 use super::{
-    super::{AUTHENTICATED, AuthError},
+    super::{AUTHENTICATED, AuthError, jwt::token_error},
     gotrue::GoTrueClient,
 };
 
@@ -86,6 +85,7 @@ impl SupabaseClaims {
 }
 
 /// What a token's header asks for.
+#[derive(Debug)]
 pub(super) enum KeyChoice {
     /// ES256/RS256 with this key id: verify against the JWKS.
     Asymmetric { alg: Algorithm, kid: String },
@@ -102,9 +102,9 @@ pub(super) fn key_choice(token: &str) -> Result<KeyChoice, AuthError> {
     match header.alg {
         Algorithm::ES256 | Algorithm::RS256 => match header.kid {
             Some(kid) => Ok(KeyChoice::Asymmetric { alg: header.alg, kid }),
-            None => Err(AuthError::InvalidToken(
-                "the access token names no signing key (kid)".into(),
-            )),
+            None => {
+                Err(AuthError::InvalidToken("the access token names no signing key (kid)".into()))
+            }
         },
         Algorithm::HS256 => Ok(KeyChoice::Shared),
         _ => Err(AuthError::InvalidToken("the access token uses an unaccepted algorithm".into())),
@@ -128,18 +128,7 @@ pub(super) fn decode(
     validation: &Validation,
 ) -> Result<Verified, AuthError> {
     jsonwebtoken::decode::<SupabaseClaims>(token, key, validation)
-        .map_err(|err| {
-            let reason = match err.kind() {
-                ErrorKind::ExpiredSignature => "the access token has expired",
-                ErrorKind::InvalidSignature => "the access token's signature is invalid",
-                ErrorKind::InvalidAudience => "the access token is for another audience",
-                ErrorKind::InvalidIssuer => "the access token is from another issuer",
-                ErrorKind::InvalidAlgorithm => "the access token uses an unaccepted algorithm",
-                ErrorKind::MissingRequiredClaim(_) => "the access token lacks a required claim",
-                _ => "the access token is malformed",
-            };
-            AuthError::InvalidToken(reason.to_owned())
-        })?
+        .map_err(|err| token_error(&err))?
         .claims
         .into_verified()
 }
@@ -266,7 +255,10 @@ impl Jwks {
             }
             Err(err) => {
                 let err = anyhow::Error::new(err).context("failed to fetch the Supabase JWKS");
-                tracing::warn!(error = format!("{err:#}"), "keeping the signing keys already known");
+                tracing::warn!(
+                    error = format!("{err:#}"),
+                    "keeping the signing keys already known"
+                );
                 state.last_failure = Some(Instant::now());
                 Err(err)
             }
@@ -330,10 +322,11 @@ fn parse_jwks(body: &serde_json::Value) -> HashMap<String, Arc<PublicKey>> {
             let jwk: Jwk = serde_json::from_value(value.clone()).ok()?;
             let kid = jwk.common.key_id.clone()?;
             let alg = match (&jwk.algorithm, jwk.common.key_algorithm) {
-                (
-                    AlgorithmParameters::EllipticCurve(ec),
-                    None | Some(KeyAlgorithm::ES256),
-                ) if ec.curve == EllipticCurve::P256 => Algorithm::ES256,
+                (AlgorithmParameters::EllipticCurve(ec), None | Some(KeyAlgorithm::ES256))
+                    if ec.curve == EllipticCurve::P256 =>
+                {
+                    Algorithm::ES256
+                }
                 (AlgorithmParameters::RSA(_), None | Some(KeyAlgorithm::RS256)) => Algorithm::RS256,
                 _ => {
                     tracing::debug!(kid, "skipping a JWKS key of an unaccepted kind");
@@ -372,12 +365,15 @@ mod tests {
 
     #[test]
     fn rs256_tokens_verify_against_an_rsa_jwk() {
-        let keys = parse_jwks(&json!({"keys": [rsa_jwk("r1"), {"kty": "oct", "kid": "s", "k": "c2VjcmV0"}]}));
+        let keys = parse_jwks(
+            &json!({"keys": [rsa_jwk("r1"), {"kty": "oct", "kid": "s", "k": "c2VjcmV0"}]}),
+        );
         assert_eq!(keys.len(), 1, "the symmetric key is never accepted");
         let mut header = Header::new(Algorithm::RS256);
         header.kid = Some("r1".into());
         let signing = EncodingKey::from_rsa_pem(RSA_PRIVATE_PEM.as_bytes()).unwrap();
-        let token = jsonwebtoken::encode(&header, &claims("https://p.example/auth/v1"), &signing).unwrap();
+        let token =
+            jsonwebtoken::encode(&header, &claims("https://p.example/auth/v1"), &signing).unwrap();
         let KeyChoice::Asymmetric { alg, kid } = key_choice(&token).unwrap() else { panic!() };
         let (key, alg) = matching(&keys[&kid], alg).unwrap();
         let verified = decode(&token, &key, &validation(alg, "https://p.example/auth/v1")).unwrap();
@@ -399,8 +395,9 @@ mod tests {
             &EncodingKey::from_secret(secret.expose_secret().as_bytes()),
         )
         .unwrap();
-        let err = decode(&token, &shared_secret_key(&secret), &validation(Algorithm::HS256, "supabase"))
-            .unwrap_err();
+        let err =
+            decode(&token, &shared_secret_key(&secret), &validation(Algorithm::HS256, "supabase"))
+                .unwrap_err();
         assert!(err.to_string().contains("API key"), "{err}");
     }
 

@@ -29,6 +29,7 @@ use self::{
 };
 use super::{
     AuthError, AuthService, AuthUser, ClientInfo, Credentials, LogoutScope, normalize_email,
+    require_login_fields, require_refresh_token, signup_fields,
 };
 
 /// GoTrue refuses passwords longer than this (bcrypt's limit), in bytes.
@@ -223,7 +224,8 @@ fn sweep(sessions: &mut HashMap<Uuid, SessionCheck>) {
         return;
     }
     let now = chrono::Utc::now().timestamp();
-    sessions.retain(|_, check| matches!(check, SessionCheck::Ended { until_exp } if *until_exp > now));
+    sessions
+        .retain(|_, check| matches!(check, SessionCheck::Ended { until_exp } if *until_exp > now));
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -264,14 +266,7 @@ impl AuthService for SupabaseAuth {
         } else {
             None
         };
-        let email = match (email, password_problem) {
-            (Ok(email), None) => email,
-            (email, password_problem) => {
-                let mut errors: Vec<FieldError> = email.err().into_iter().collect();
-                errors.extend(password_problem.map(|p| FieldError::new("password", p)));
-                return Err(AuthError::Validation(errors));
-            }
-        };
+        let email = signup_fields(email, password_problem)?;
         let answer = self
             .client
             .sign_up(&email, password, on_behalf_of(client))
@@ -304,19 +299,11 @@ impl AuthService for SupabaseAuth {
         credentials: Credentials,
         client: &ClientInfo,
     ) -> Result<Session, AuthError> {
+        require_login_fields(&credentials)?;
         let password = credentials.password.expose_secret();
-        let mut missing = Vec::new();
-        if credentials.email.trim().is_empty() {
-            missing.push(FieldError::new("email", "an email address is required"));
-        }
-        if password.is_empty() {
-            missing.push(FieldError::new("password", "a password is required"));
-        }
-        if !missing.is_empty() {
-            return Err(AuthError::Validation(missing));
-        }
         // A malformed address cannot have an account: the same answer as a wrong one.
-        let email = normalize_email(&credentials.email).map_err(|_| AuthError::InvalidCredentials)?;
+        let email =
+            normalize_email(&credentials.email).map_err(|_| AuthError::InvalidCredentials)?;
         let session = self
             .client
             .password_grant(&email, password, on_behalf_of(client))
@@ -331,12 +318,7 @@ impl AuthService for SupabaseAuth {
         refresh_token: &str,
         _client: &ClientInfo,
     ) -> Result<Session, AuthError> {
-        if refresh_token.is_empty() {
-            return Err(AuthError::Validation(vec![FieldError::new(
-                "refresh_token",
-                "a refresh token is required",
-            )]));
-        }
+        require_refresh_token(refresh_token)?;
         let session = self
             .client
             .refresh_grant(refresh_token)
@@ -389,9 +371,8 @@ fn on_behalf_of(client: &ClientInfo) -> OnBehalfOf<'_> {
 }
 
 fn to_wire_session(session: GoTrueSession) -> Session {
-    let expires_at = session
-        .expires_at
-        .unwrap_or_else(|| chrono::Utc::now().timestamp() + session.expires_in);
+    let expires_at =
+        session.expires_at.unwrap_or_else(|| chrono::Utc::now().timestamp() + session.expires_in);
     Session {
         access_token: session.access_token,
         token_type: session.token_type.to_ascii_lowercase(),
@@ -440,13 +421,21 @@ fn map_error(op: Op, err: GoTrueError) -> AuthError {
         (_, Some("user_already_exists" | "email_exists" | "phone_exists")) => {
             AuthError::UserAlreadyExists
         }
-        (_, Some("weak_password")) => AuthError::WeakPassword(weak_password_message(&message, &reasons)),
-        (_, Some("signup_disabled" | "email_provider_disabled" | "anonymous_provider_disabled")) => {
-            AuthError::SignupDisabled
+        (_, Some("weak_password")) => {
+            AuthError::WeakPassword(weak_password_message(&message, &reasons))
         }
-        (_, Some("over_request_rate_limit" | "over_email_send_rate_limit" | "over_sms_send_rate_limit")) => {
-            AuthError::RateLimited { retry_after: retry_after(&message) }
-        }
+        (
+            _,
+            Some("signup_disabled" | "email_provider_disabled" | "anonymous_provider_disabled"),
+        ) => AuthError::SignupDisabled,
+        (
+            _,
+            Some(
+                "over_request_rate_limit"
+                | "over_email_send_rate_limit"
+                | "over_sms_send_rate_limit",
+            ),
+        ) => AuthError::RateLimited { retry_after: retry_after(&message) },
         (_, Some("user_banned")) => AuthError::UserBanned,
         // A refresh token GoTrue cannot use: malformed, unknown, or its session is gone.
         (Op::Refresh, Some("refresh_token_not_found" | "validation_failed" | "bad_json")) => {
@@ -463,7 +452,8 @@ fn map_error(op: Op, err: GoTrueError) -> AuthError {
             AuthError::Validation(vec![FieldError::new("email", message.to_lowercase())])
         }
         (_, Some("validation_failed" | "bad_json" | "request_entity_too_large")) => {
-            let field = if message.to_lowercase().contains("password") { "password" } else { "email" };
+            let field =
+                if message.to_lowercase().contains("password") { "password" } else { "email" };
             AuthError::Validation(vec![FieldError::new(field, message)])
         }
         (_, Some("conflict")) => AuthError::Unavailable(anyhow::anyhow!(
@@ -532,7 +522,8 @@ mod tests {
         assert!(matches!(refresh, AuthError::SessionExpired), "{refresh:?}");
         let verify = map_error(Op::Verify, api(403, "session_not_found", "gone"));
         assert!(matches!(verify, AuthError::SessionNotFound), "{verify:?}");
-        let malformed = map_error(Op::Refresh, api(400, "validation_failed", "Refresh token is not valid"));
+        let malformed =
+            map_error(Op::Refresh, api(400, "validation_failed", "Refresh token is not valid"));
         assert!(matches!(malformed, AuthError::RefreshTokenNotFound), "{malformed:?}");
     }
 
@@ -540,17 +531,32 @@ mod tests {
     fn rate_limits_carry_a_retry_after() {
         let limited = map_error(
             Op::SignUp,
-            api(429, "over_email_send_rate_limit", "For security purposes, you can only request this after 42 seconds."),
+            api(
+                429,
+                "over_email_send_rate_limit",
+                "For security purposes, you can only request this after 42 seconds.",
+            ),
         );
-        assert!(matches!(limited, AuthError::RateLimited { retry_after } if retry_after.as_secs() == 42));
-        let limited = map_error(Op::LogIn, api(429, "over_request_rate_limit", "Request rate limit reached"));
-        assert!(matches!(limited, AuthError::RateLimited { retry_after } if retry_after.as_secs() == 10));
+        assert!(
+            matches!(limited, AuthError::RateLimited { retry_after } if retry_after.as_secs() == 42)
+        );
+        let limited =
+            map_error(Op::LogIn, api(429, "over_request_rate_limit", "Request rate limit reached"));
+        assert!(
+            matches!(limited, AuthError::RateLimited { retry_after } if retry_after.as_secs() == 10)
+        );
     }
 
     #[test]
     fn outages_and_misconfiguration_are_told_apart() {
-        assert!(matches!(map_error(Op::LogIn, api(504, "request_timeout", "slow")), AuthError::Unavailable(_)));
-        assert!(matches!(map_error(Op::LogIn, api(500, "unexpected_failure", "x")), AuthError::Unavailable(_)));
+        assert!(matches!(
+            map_error(Op::LogIn, api(504, "request_timeout", "slow")),
+            AuthError::Unavailable(_)
+        ));
+        assert!(matches!(
+            map_error(Op::LogIn, api(500, "unexpected_failure", "x")),
+            AuthError::Unavailable(_)
+        ));
         let gateway = GoTrueError::Api {
             status: StatusCode::UNAUTHORIZED,
             code: None,
@@ -558,6 +564,9 @@ mod tests {
             reasons: Vec::new(),
         };
         let err = map_error(Op::LogIn, gateway);
-        assert!(matches!(&err, AuthError::Internal(cause) if cause.to_string().contains("SUPABASE_ANON_KEY")), "{err:?}");
+        assert!(
+            matches!(&err, AuthError::Internal(cause) if cause.to_string().contains("SUPABASE_ANON_KEY")),
+            "{err:?}"
+        );
     }
 }
