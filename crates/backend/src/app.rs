@@ -98,6 +98,7 @@ async fn build_auth(config: &Config, store: Store) -> anyhow::Result<Arc<dyn Aut
             url: url.clone(),
             anon_key: anon_key.clone(),
             jwt_secret: config.supabase_jwt_secret.clone(),
+            issuer: config.supabase_jwt_issuer.clone(),
             secret_key: config.supabase_secret_key.clone(),
             jwks_ttl: Duration::from_secs(config.supabase_jwks_ttl_secs),
             session_check_interval: config.supabase_session_check_secs.map(Duration::from_secs),

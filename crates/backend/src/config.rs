@@ -94,6 +94,12 @@ pub struct Config {
     #[arg(long, env = "SUPABASE_JWT_SECRET", hide_env_values = true)]
     pub supabase_jwt_secret: Option<SecretString>,
 
+    /// `iss` of the project's access tokens. Default: `<SUPABASE_URL>/auth/v1`, which is what
+    /// hosted projects and the Supabase CLI issue; set it when a custom domain or a self-hosted
+    /// `GOTRUE_JWT_ISSUER` differs.
+    #[arg(long, env = "SUPABASE_JWT_ISSUER")]
+    pub supabase_jwt_issuer: Option<String>,
+
     /// A secret API key (`sb_secret_…`). When set, signup and login are sent with it and with the
     /// end user's address in `Sb-Forwarded-For`, so Supabase rate-limits each user on their own
     /// address instead of all users on this server's.

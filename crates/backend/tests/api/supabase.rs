@@ -364,6 +364,7 @@ async fn in_process(stub: &GoTrueStub, session_check: Option<Duration>) -> Supab
         url: stub.url(),
         anon_key: SecretString::from(stub.anon_key().to_owned()),
         jwt_secret: None,
+        issuer: None,
         secret_key: None,
         jwks_ttl: Duration::from_secs(600),
         session_check_interval: session_check,

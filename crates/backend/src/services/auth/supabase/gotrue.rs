@@ -263,8 +263,12 @@ impl GoTrueClient {
             let outcome = self.send_once(&url, &call).await;
             let retry = match &outcome {
                 Ok(_) => false,
-                Err(Attempt::Answered(err)) => is_retryable_answer(err),
-                Err(Attempt::Transport(err)) => err.is_connect() || call.idempotent,
+                Err(Attempt::Answered(err)) => is_retryable_answer(err, call.idempotent),
+                // Nothing was sent when connecting failed. A timeout means an overloaded server,
+                // which a retry would only load more.
+                Err(Attempt::Transport(err)) => {
+                    err.is_connect() || (call.idempotent && !err.is_timeout())
+                }
             };
             if !retry || attempt >= self.max_retries {
                 return outcome.map_err(|failure| match failure {
@@ -328,16 +332,16 @@ enum Attempt {
     Transport(reqwest::Error),
 }
 
-/// 5xx (GoTrue's own 500 and 504 `request_timeout`, the gateway's 502/503) may succeed next time,
-/// and so may 409 `conflict` (concurrent refreshes of one session). Other 4xx never will.
-fn is_retryable_answer(err: &GoTrueError) -> bool {
-    match err {
-        GoTrueError::Api { status, .. } => {
-            status.is_server_error() || *status == StatusCode::CONFLICT
-        }
-        GoTrueError::Undecodable { status, .. } => status.is_server_error(),
-        GoTrueError::Unreachable(_) => false,
-    }
+/// 502/503/504 come from the gateway or a timeout and may succeed next time. GoTrue's own 500 and
+/// 409 `conflict` (concurrent refreshes of one session) are retried only where repeating the call
+/// is harmless: a signup that failed sending its email has created the user. Other 4xx are final.
+fn is_retryable_answer(err: &GoTrueError, idempotent: bool) -> bool {
+    let status = match err {
+        GoTrueError::Api { status, .. } | GoTrueError::Undecodable { status, .. } => *status,
+        GoTrueError::Unreachable(_) => return false,
+    };
+    matches!(status.as_u16(), 502..=504)
+        || (idempotent && (status.is_server_error() || status == StatusCode::CONFLICT))
 }
 
 /// 100 ms, 200 ms, 400 ms, … capped at 2 s, each with full jitter so that many clients retrying
@@ -485,10 +489,16 @@ mod tests {
             reasons: Vec::new(),
         };
         for status in [500, 502, 503, 504, 409] {
-            assert!(is_retryable_answer(&api(status)), "{status}");
+            assert!(is_retryable_answer(&api(status), true), "{status}");
+        }
+        for status in [502, 503, 504] {
+            assert!(is_retryable_answer(&api(status), false), "{status}");
+        }
+        for status in [500, 409] {
+            assert!(!is_retryable_answer(&api(status), false), "{status}");
         }
         for status in [400, 401, 403, 404, 422, 429] {
-            assert!(!is_retryable_answer(&api(status)), "{status}");
+            assert!(!is_retryable_answer(&api(status), true), "{status}");
         }
     }
 }

@@ -46,6 +46,8 @@ pub struct SupabaseOptions {
     pub url: String,
     pub anon_key: SecretString,
     pub jwt_secret: Option<SecretString>,
+    /// `iss` of user tokens; `None`: `<url>/auth/v1`.
+    pub issuer: Option<String>,
     pub secret_key: Option<SecretString>,
     pub jwks_ttl: Duration,
     pub session_check_interval: Option<Duration>,
@@ -88,7 +90,9 @@ impl SupabaseAuth {
         if url.scheme() == "http" && !is_loopback(&url) {
             tracing::warn!(%url, "SUPABASE_URL is plain http: credentials travel unencrypted");
         }
-        let issuer = format!("{}/auth/v1", url.as_str().trim_end_matches('/'));
+        let issuer = options
+            .issuer
+            .unwrap_or_else(|| format!("{}/auth/v1", url.as_str().trim_end_matches('/')));
         let client = Arc::new(GoTrueClient::new(GoTrueOptions {
             project_url: url,
             anon_key: options.anon_key,
