@@ -280,8 +280,8 @@ async fn signing_key_rotation_causes_no_failed_request() {
     let new_kid = stub.rotate_key();
     let new = json_ok(app.log_in("rotate@example.com", PASSWORD).await).await;
     json_ok(app.get("/auth/me", Some(token_of(&new))).await).await;
-    json_ok(app.get("/auth/me", Some(token_of(&old))).await).await;
     assert_eq!(count(&stub.counters().jwks), 2, "one refetch for the unseen kid {new_kid}");
+    json_ok(app.get("/auth/me", Some(token_of(&old))).await).await;
 
     // The old key is revoked: tokens of the new key keep working throughout.
     stub.revoke_old_keys();
