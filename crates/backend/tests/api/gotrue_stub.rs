@@ -164,6 +164,8 @@ struct Db {
     sessions: HashMap<Uuid, (Uuid, i64)>,
     refresh_tokens: HashMap<String, RefreshRow>,
     refresh_seq: u64,
+    /// Sessions past their time-box or inactivity limit: they exist, but cannot be refreshed.
+    ended_sessions: std::collections::HashSet<Uuid>,
 }
 
 impl Db {
@@ -217,6 +219,8 @@ struct Stub {
     counters: Counters,
     token_requests: AtomicUsize,
     forwarded_for: Mutex<Vec<String>>,
+    /// This many coming requests time out inside GoTrue (504 `request_timeout`).
+    timeouts: AtomicUsize,
 }
 
 impl Stub {
@@ -449,6 +453,7 @@ impl GoTrueStub {
             counters: Counters::default(),
             token_requests: AtomicUsize::new(0),
             forwarded_for: Mutex::default(),
+            timeouts: AtomicUsize::new(0),
         });
         let auth = Router::new()
             .route("/signup", post(signup))
@@ -515,6 +520,18 @@ impl GoTrueStub {
         let mut db = self.stub.db();
         db.sessions.clear();
         db.refresh_tokens.clear();
+    }
+
+    /// Every session passes its time-box: refresh answers `session_expired`.
+    pub fn end_all_sessions(&self) {
+        let mut db = self.stub.db();
+        let ids: Vec<Uuid> = db.sessions.keys().copied().collect();
+        db.ended_sessions.extend(ids);
+    }
+
+    /// The next `n` requests past the gateway run over GoTrue's ~10 s limit and answer 504.
+    pub fn time_out_next(&self, n: usize) {
+        self.stub.timeouts.store(n, Ordering::SeqCst);
     }
 
     /// Adds a new signing key and signs with it from now on; the old ones stay published.
@@ -614,6 +631,21 @@ async fn gateway(State(stub): State<Arc<Stub>>, mut request: Request, next: Next
     }
     if stub.config.strip_api_version {
         headers.remove(VERSION_HEADER);
+    }
+    let timing_out = stub
+        .timeouts
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
+    if timing_out {
+        let (mut parts, body) = request.into_parts();
+        let version =
+            ApiVersion::from_request_parts(&mut parts, &()).await.unwrap_or_else(|e| match e {});
+        drop(body);
+        return version.error(
+            StatusCode::GATEWAY_TIMEOUT,
+            "request_timeout",
+            "Processing this request timed out, please retry after a moment.",
+        );
     }
     // GoTrue honours Sb-Forwarded-For only from requests made with a secret key.
     let forwarded = headers.remove("sb-forwarded-for");
@@ -874,6 +906,9 @@ fn refresh_grant(stub: &Stub, v: ApiVersion, body: &Bytes) -> Response {
     let user = db.users[&row.user_id].clone();
     if user.banned {
         return v.error(bad, "user_banned", "Invalid Refresh Token: User Banned");
+    }
+    if db.ended_sessions.contains(&row.session_id) {
+        return v.error(bad, "session_expired", "Invalid Refresh Token: Session Expired");
     }
     let next = match row.revoked_at {
         None => {

@@ -222,6 +222,10 @@ async fn refresh_token_reuse_and_bans_map_like_the_built_in_provider() {
     assert_problem(app.refresh(refresh_of(&session)).await, 400, "refresh_token_not_found").await;
 
     let session = json_ok(app.log_in("reuse@example.com", PASSWORD).await).await;
+    stub.end_all_sessions();
+    assert_problem(app.refresh(refresh_of(&session)).await, 400, "session_expired").await;
+
+    let session = json_ok(app.log_in("reuse@example.com", PASSWORD).await).await;
     stub.ban("reuse@example.com");
     assert_problem(app.log_in("reuse@example.com", PASSWORD).await, 403, "user_banned").await;
     assert_problem(app.refresh(refresh_of(&session)).await, 403, "user_banned").await;
@@ -244,6 +248,22 @@ async fn supabase_rate_limits_become_our_429_with_retry_after() {
     assert_problem(limited, 429, "over_request_rate_limit").await;
     // Not retried: a 4xx is final.
     assert_eq!(count(&stub.counters().token), 3);
+}
+
+#[tokio::test]
+async fn timeouts_are_retried_and_a_persistent_one_is_503() {
+    let stub = GoTrueStub::start(StubConfig::default()).await;
+    let app = supabase(&stub).env("SUPABASE_MAX_RETRIES", "2").spawn().await;
+    // Signup is retried on 504 too: GoTrue gave up before creating anything.
+    stub.time_out_next(1);
+    json_ok(app.sign_up("slow@example.com", PASSWORD).await).await;
+    assert_eq!(count(&stub.counters().signup), 1, "the timed-out attempt never reached /signup");
+
+    stub.time_out_next(2);
+    json_ok(app.log_in("slow@example.com", PASSWORD).await).await;
+    stub.time_out_next(3);
+    assert_problem(app.log_in("slow@example.com", PASSWORD).await, 503, "auth_unavailable").await;
+    assert_eq!(count(&stub.counters().token), 1, "only the one attempt that got through");
 }
 
 #[tokio::test]
