@@ -535,3 +535,61 @@ fn supabase_url_without_the_anon_key_refuses_to_start_and_says_why() {
         assert!(stderr.contains(&format!("{missing} is not")), "{stderr}");
     }
 }
+
+/// The stub is only worth its tests if it answers as GoTrue does: spot checks of the contract's
+/// §9 items our client never triggers on its own.
+#[tokio::test]
+async fn the_gotrue_stub_answers_as_the_contract_says() {
+    let stub = GoTrueStub::start(StubConfig::default()).await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let url = |path: &str| format!("{}/auth/v1{path}", stub.url());
+
+    let missing = http.get(url("/user")).send().await.unwrap();
+    assert_eq!(missing.status(), 401);
+    let body: Value = missing.json().await.unwrap();
+    assert_eq!(body["message"], "No API key found in request");
+    assert!(body.get("code").is_none() && body.get("error_code").is_none());
+    let wrong = http.get(url("/health")).header("apikey", "nope").send().await.unwrap();
+    assert_eq!(wrong.json::<Value>().await.unwrap()["message"], "Invalid API key");
+
+    // Only the apikey: the gateway makes it the bearer token, and it has no `sub`.
+    let legacy = http.get(url("/user")).header("apikey", stub.anon_key()).send().await.unwrap();
+    assert_eq!(legacy.status(), 403);
+    assert_eq!(legacy.headers()["x-sb-error-code"], "bad_jwt");
+    let body: Value = legacy.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({"code": 403, "error_code": "bad_jwt", "msg": "invalid claim: missing sub claim"})
+    );
+    let dated = http
+        .get(url("/user"))
+        .query(&[("apikey", stub.anon_key())])
+        .header("X-Supabase-Api-Version", "2024-01-01")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(dated.headers()["x-supabase-api-version"], "2024-01-01");
+    let body: Value = dated.json().await.unwrap();
+    assert_eq!(body, json!({"code": "bad_jwt", "message": "invalid claim: missing sub claim"}));
+
+    let grantless =
+        http.post(url("/token")).header("apikey", stub.anon_key()).json(&json!({})).send();
+    let body: Value = grantless.await.unwrap().json().await.unwrap();
+    assert_eq!(
+        (&body["error_code"], &body["msg"]),
+        (&json!("invalid_credentials"), &json!("unsupported_grant_type"))
+    );
+    let empty = http.post(url("/signup")).header("apikey", stub.anon_key()).send().await.unwrap();
+    let body: Value = empty.json().await.unwrap();
+    assert_eq!(body["msg"], "Could not parse request body as JSON: unexpected end of JSON input");
+
+    let jwks = http.get(url("/.well-known/jwks.json")).send().await.unwrap();
+    assert_eq!(jwks.headers()[header::CACHE_CONTROL], "public, max-age=600");
+    let keys: Value = jwks.json().await.unwrap();
+    assert_eq!(keys["keys"][0]["kid"], stub.signing_kid().as_str());
+    assert_eq!(keys["keys"][0]["alg"], "ES256");
+
+    let unknown = http.get(url("/nowhere")).header("apikey", stub.anon_key()).send().await.unwrap();
+    assert_eq!(unknown.status(), 404);
+    assert_eq!(unknown.text().await.unwrap(), "404 page not found\n");
+}
