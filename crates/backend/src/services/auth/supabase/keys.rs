@@ -186,6 +186,11 @@ impl Jwks {
         })
     }
 
+    /// Counts finished fetches; cached verifications from an older generation are not trusted.
+    pub(super) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     /// The key for `kid` and `alg`. Known keys are answered from memory, even past the TTL (a
     /// refresh then starts in the background); an unknown `kid` waits for one refetch.
     pub(super) async fn key(

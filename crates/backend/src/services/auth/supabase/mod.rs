@@ -36,7 +36,10 @@ use super::{
 const MAX_PASSWORD_BYTES: usize = 72;
 /// How long a token that GoTrue vouched for (HS256 without a configured secret) is trusted
 /// without asking again.
-const USER_CACHE_TTL: Duration = Duration::from_secs(30);
+const VOUCHED_CACHE_TTL: Duration = Duration::from_secs(30);
+/// How long a locally verified token is answered from memory (never past its `exp`, and never
+/// after the key set it was verified against was refetched).
+const VERIFIED_CACHE_TTL: Duration = Duration::from_secs(60);
 /// Entries kept in the per-token and per-session caches before expired ones are swept.
 const CACHE_CAPACITY: usize = 10_000;
 
@@ -62,11 +65,18 @@ pub struct SupabaseAuth {
     issuer: String,
     /// The legacy HS256 secret, when configured.
     shared: Option<DecodingKey>,
-    /// Tokens GoTrue vouched for, by SHA-256 of the token.
-    vouched: Mutex<HashMap<[u8; 32], (Verified, Instant)>>,
+    /// Tokens verified before, by SHA-256 of the token (never the token itself).
+    verified: Mutex<HashMap<[u8; 32], CachedToken>>,
     /// Strict revocation: when each session was last confirmed alive, or found ended.
     session_check_interval: Option<Duration>,
     sessions: Mutex<HashMap<Uuid, SessionCheck>>,
+}
+
+struct CachedToken {
+    verified: Verified,
+    until: Instant,
+    /// The JWKS generation it was verified against; `None` for shared-secret and GoTrue checks.
+    key_generation: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -106,38 +116,62 @@ impl SupabaseAuth {
             client,
             issuer,
             shared: options.jwt_secret.as_ref().map(keys::shared_secret_key),
-            vouched: Mutex::new(HashMap::new()),
+            verified: Mutex::new(HashMap::new()),
             session_check_interval: options.session_check_interval,
             sessions: Mutex::new(HashMap::new()),
         })
     }
 
-    /// The token's identity, from its signature alone.
+    /// The token's identity, from its signature alone. A token seen before is answered from
+    /// [`Self::verified`]: a hash and a lookup instead of a signature check.
     async fn verify_token(&self, token: &str) -> Result<Verified, AuthError> {
-        match keys::key_choice(token)? {
+        let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(verified) = self.cached(&hash) {
+            return Ok(verified);
+        }
+        let (verified, trust_for, key_generation) = match keys::key_choice(token)? {
             KeyChoice::Asymmetric { alg, kid } => {
+                // Read before the lookup: a fetch during it makes the entry stale, never wrong.
+                let generation = self.jwks.generation();
                 let (key, alg) = self.jwks.key(&kid, alg).await?;
-                keys::decode(token, &key, &keys::validation(alg, &self.issuer))
+                let verified = keys::decode(token, &key, &keys::validation(alg, &self.issuer))?;
+                (verified, VERIFIED_CACHE_TTL, Some(generation))
             }
             KeyChoice::Shared => match &self.shared {
                 Some(secret) => {
-                    keys::decode(token, secret, &keys::validation(Algorithm::HS256, &self.issuer))
+                    let validation = keys::validation(Algorithm::HS256, &self.issuer);
+                    (keys::decode(token, secret, &validation)?, VERIFIED_CACHE_TTL, None)
                 }
-                None => self.vouched_by_gotrue(token).await,
+                None => (self.vouched_by_gotrue(token).await?, VOUCHED_CACHE_TTL, None),
             },
-        }
-    }
-
-    /// HS256 without the secret: GoTrue checks the token (`GET /user`), and its yes is cached
-    /// briefly by the token's hash (never the token itself).
-    async fn vouched_by_gotrue(&self, token: &str) -> Result<Verified, AuthError> {
-        let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        };
         let now = Instant::now();
-        if let Some((verified, until)) = lock(&self.vouched).get(&hash) {
-            if *until > now && verified.exp > chrono::Utc::now().timestamp() {
-                return Ok(verified.clone());
+        let mut cache = lock(&self.verified);
+        if cache.len() >= CACHE_CAPACITY {
+            cache.retain(|_, entry| entry.until > now);
+            if cache.len() >= CACHE_CAPACITY {
+                cache.clear();
             }
         }
+        let entry =
+            CachedToken { verified: verified.clone(), until: now + trust_for, key_generation };
+        cache.insert(hash, entry);
+        Ok(verified)
+    }
+
+    /// A still-valid earlier verification of the token with this hash.
+    fn cached(&self, hash: &[u8; 32]) -> Option<Verified> {
+        let cache = lock(&self.verified);
+        let entry = cache.get(hash)?;
+        let fresh = entry.until > Instant::now()
+            && entry.verified.exp > chrono::Utc::now().timestamp()
+            // Verified against a key set that has since been refetched: the key may be revoked.
+            && entry.key_generation.is_none_or(|g| g == self.jwks.generation());
+        fresh.then(|| entry.verified.clone())
+    }
+
+    /// HS256 without the secret: GoTrue checks the token (`GET /user`).
+    async fn vouched_by_gotrue(&self, token: &str) -> Result<Verified, AuthError> {
         let user = self.client.user(token).await.map_err(|err| map_error(Op::Verify, err))?;
         // GoTrue verified signature and expiry; the claims say which session this is.
         let mut validation = Validation::new(Algorithm::HS256);
@@ -148,14 +182,6 @@ impl SupabaseAuth {
         if verified.user_id != user.id {
             return Err(AuthError::InvalidToken("the access token does not match its user".into()));
         }
-        let mut cache = lock(&self.vouched);
-        if cache.len() >= CACHE_CAPACITY {
-            cache.retain(|_, (_, until)| *until > now);
-            if cache.len() >= CACHE_CAPACITY {
-                cache.clear();
-            }
-        }
-        cache.insert(hash, (verified.clone(), now + USER_CACHE_TTL));
         Ok(verified)
     }
 
