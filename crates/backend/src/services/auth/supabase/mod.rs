@@ -40,6 +40,8 @@ const VOUCHED_CACHE_TTL: Duration = Duration::from_secs(30);
 /// How long a locally verified token is answered from memory (never past its `exp`, and never
 /// after the key set it was verified against was refetched).
 const VERIFIED_CACHE_TTL: Duration = Duration::from_secs(60);
+/// The longest access-token lifetime a Supabase project can configure (one week).
+const MAX_TOKEN_LIFETIME_SECS: i64 = 7 * 86_400;
 /// Entries kept in the per-token and per-session caches before expired ones are swept.
 const CACHE_CAPACITY: usize = 10_000;
 
@@ -236,7 +238,9 @@ impl SupabaseAuth {
         let current = user.session_id;
         if scope != LogoutScope::Others {
             if let Some(id) = current {
-                sessions.insert(id, SessionCheck::Ended { until_exp: i64::MAX });
+                // The token's `exp` is not at hand; Supabase caps token lifetimes at a week.
+                let until_exp = chrono::Utc::now().timestamp() + MAX_TOKEN_LIFETIME_SECS;
+                sessions.insert(id, SessionCheck::Ended { until_exp });
             }
         }
         if scope != LogoutScope::Local {
