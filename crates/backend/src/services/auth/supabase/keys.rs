@@ -171,6 +171,9 @@ pub(super) struct Jwks {
     /// Counts finished fetch attempts, so that a task which waited for the fetch lock can tell
     /// that someone fetched meanwhile, and use that result instead of fetching again.
     generation: AtomicU64,
+    /// Bumped when a fetch finds a different set of key ids than before (a key added or
+    /// revoked); cached verifications from an older version are not trusted.
+    key_version: AtomicU64,
     background_refresh: AtomicBool,
 }
 
@@ -182,13 +185,14 @@ impl Jwks {
             keys: RwLock::new(None),
             fetch: Mutex::new(FetchState::default()),
             generation: AtomicU64::new(0),
+            key_version: AtomicU64::new(0),
             background_refresh: AtomicBool::new(false),
         })
     }
 
-    /// Counts finished fetches; cached verifications from an older generation are not trusted.
-    pub(super) fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
+    /// Changes whenever the published key ids change.
+    pub(super) fn key_version(&self) -> u64 {
+        self.key_version.load(Ordering::Acquire)
     }
 
     /// The key for `kid` and `alg`. Known keys are answered from memory, even past the TTL (a
@@ -254,7 +258,16 @@ impl Jwks {
             Ok(body) => {
                 let keys = parse_jwks(&body);
                 tracing::info!(keys = keys.len(), "fetched the Supabase signing keys (JWKS)");
-                *self.keys.write().await = Some(KeySet { keys, fetched_at: Instant::now() });
+                let mut current = self.keys.write().await;
+                let changed = current.as_ref().is_none_or(|old| {
+                    old.keys.len() != keys.len()
+                        || keys.keys().any(|kid| !old.keys.contains_key(kid))
+                });
+                if changed {
+                    self.key_version.fetch_add(1, Ordering::AcqRel);
+                }
+                *current = Some(KeySet { keys, fetched_at: Instant::now() });
+                drop(current);
                 state.last_failure = None;
                 Ok(())
             }

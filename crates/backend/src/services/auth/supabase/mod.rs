@@ -38,7 +38,7 @@ const MAX_PASSWORD_BYTES: usize = 72;
 /// without asking again.
 const VOUCHED_CACHE_TTL: Duration = Duration::from_secs(30);
 /// How long a locally verified token is answered from memory (never past its `exp`, and never
-/// after the key set it was verified against was refetched).
+/// after the key set it was verified against has changed).
 const VERIFIED_CACHE_TTL: Duration = Duration::from_secs(60);
 /// The longest access-token lifetime a Supabase project can configure (one week).
 const MAX_TOKEN_LIFETIME_SECS: i64 = 7 * 86_400;
@@ -77,8 +77,8 @@ pub struct SupabaseAuth {
 struct CachedToken {
     verified: Verified,
     until: Instant,
-    /// The JWKS generation it was verified against; `None` for shared-secret and GoTrue checks.
-    key_generation: Option<u64>,
+    /// The JWKS version it was verified against; `None` for shared-secret and GoTrue checks.
+    key_version: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -113,6 +113,12 @@ impl SupabaseAuth {
             timeout: options.timeout,
             max_retries: options.max_retries,
         })?);
+        tracing::info!(
+            %issuer,
+            hs256_secret = options.jwt_secret.is_some(),
+            strict_session_check_secs = options.session_check_interval.map(|d| d.as_secs()),
+            "using Supabase Auth"
+        );
         Ok(Self {
             jwks: Jwks::new(Arc::clone(&client), options.jwks_ttl),
             client,
@@ -131,13 +137,13 @@ impl SupabaseAuth {
         if let Some(verified) = self.cached(&hash) {
             return Ok(verified);
         }
-        let (verified, trust_for, key_generation) = match keys::key_choice(token)? {
+        let (verified, trust_for, key_version) = match keys::key_choice(token)? {
             KeyChoice::Asymmetric { alg, kid } => {
                 // Read before the lookup: a fetch during it makes the entry stale, never wrong.
-                let generation = self.jwks.generation();
+                let version = self.jwks.key_version();
                 let (key, alg) = self.jwks.key(&kid, alg).await?;
                 let verified = keys::decode(token, &key, &keys::validation(alg, &self.issuer))?;
-                (verified, VERIFIED_CACHE_TTL, Some(generation))
+                (verified, VERIFIED_CACHE_TTL, Some(version))
             }
             KeyChoice::Shared => match &self.shared {
                 Some(secret) => {
@@ -155,8 +161,7 @@ impl SupabaseAuth {
                 cache.clear();
             }
         }
-        let entry =
-            CachedToken { verified: verified.clone(), until: now + trust_for, key_generation };
+        let entry = CachedToken { verified: verified.clone(), until: now + trust_for, key_version };
         cache.insert(hash, entry);
         Ok(verified)
     }
@@ -167,8 +172,8 @@ impl SupabaseAuth {
         let entry = cache.get(hash)?;
         let fresh = entry.until > Instant::now()
             && entry.verified.exp > chrono::Utc::now().timestamp()
-            // Verified against a key set that has since been refetched: the key may be revoked.
-            && entry.key_generation.is_none_or(|g| g == self.jwks.generation());
+            // Verified against a key set that has changed since: the key may be revoked.
+            && entry.key_version.is_none_or(|v| v == self.jwks.key_version());
         fresh.then(|| entry.verified.clone())
     }
 
