@@ -593,3 +593,27 @@ async fn the_gotrue_stub_answers_as_the_contract_says() {
     assert_eq!(unknown.status(), 404);
     assert_eq!(unknown.text().await.unwrap(), "404 page not found\n");
 }
+
+#[tokio::test]
+async fn a_revoked_signing_key_stops_verifying_even_for_tokens_seen_before() {
+    let stub = GoTrueStub::start(StubConfig::default()).await;
+    let auth = in_process(&stub, None).await;
+    let user = uuid::Uuid::new_v4().to_string();
+    let session = uuid::Uuid::new_v4().to_string();
+    let old = stub.sign(&stub.user_claims(&user, &session));
+    for _ in 0..3 {
+        auth.verify(&old).await.expect("verifies, then from memory");
+    }
+    assert_eq!(count(&stub.counters().jwks), 1);
+
+    stub.rotate_key();
+    stub.revoke_old_keys();
+    let new = stub.sign(&stub.user_claims(&user, &session));
+    auth.verify(&new).await.expect("the unseen kid is fetched");
+    assert_eq!(count(&stub.counters().jwks), 2);
+    let refused = auth.verify(&old).await;
+    assert!(
+        matches!(&refused, Err(AuthError::InvalidToken(reason)) if reason.contains("does not publish")),
+        "{refused:?}"
+    );
+}
