@@ -4,6 +4,7 @@
 use std::{net::SocketAddr, num::NonZeroU32, sync::Arc, time::Duration};
 
 use anyhow::Context;
+use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -93,9 +94,13 @@ impl Application {
 }
 
 async fn build_auth(config: &Config, store: Store) -> anyhow::Result<Arc<dyn AuthService>> {
-    let auth: Arc<dyn AuthService> = match (&config.supabase_url, &config.supabase_anon_key) {
+    // An empty variable (`SUPABASE_URL=` in a `.env`) counts as unset.
+    let url = config.supabase_url.as_deref().map(str::trim).filter(|url| !url.is_empty());
+    let anon_key =
+        config.supabase_anon_key.as_ref().filter(|key| !key.expose_secret().trim().is_empty());
+    let auth: Arc<dyn AuthService> = match (url, anon_key) {
         (Some(url), Some(anon_key)) => Arc::new(SupabaseAuth::new(SupabaseOptions {
-            url: url.clone(),
+            url: url.to_owned(),
             anon_key: anon_key.clone(),
             jwt_secret: config.supabase_jwt_secret.clone(),
             issuer: config.supabase_jwt_issuer.clone(),

@@ -617,3 +617,10 @@ async fn a_revoked_signing_key_stops_verifying_even_for_tokens_seen_before() {
         "{refused:?}"
     );
 }
+
+#[tokio::test]
+async fn empty_supabase_variables_mean_the_built_in_provider() {
+    let app = app().env("SUPABASE_URL", "").env("SUPABASE_ANON_KEY", " ").spawn().await;
+    let session = app.sign_up("local@example.com", PASSWORD).await;
+    assert_eq!(session.status(), StatusCode::CREATED);
+}
