@@ -30,7 +30,8 @@ async fn provision(app: &TestApp, token: &str, name: &str, machines: u32) -> Str
 async fn wait_status(app: &TestApp, token: &str, id: &str, status: &str) {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let deployment: Value = app.get(&format!("/infrastructure/{id}"), Some(token)).await.json().await.unwrap();
+        let deployment: Value =
+            app.get(&format!("/infrastructure/{id}"), Some(token)).await.json().await.unwrap();
         if deployment["status"] == status {
             return;
         }
@@ -125,8 +126,14 @@ async fn main() {
     println!("provision overhead, terraform/local with 3 machines (median of {ROUNDS})");
     println!("| what | time |");
     println!("|---|---|");
-    println!("| by hand: terraform init && apply (no readiness check) | {:.0} ms |", hand.as_secs_f64() * 1e3);
-    println!("| nim-backend: POST /provision → ready (agents answered) | {:.0} ms |", ours.as_secs_f64() * 1e3);
+    println!(
+        "| by hand: terraform init && apply (no readiness check) | {:.0} ms |",
+        hand.as_secs_f64() * 1e3
+    );
+    println!(
+        "| nim-backend: POST /provision → ready (agents answered) | {:.0} ms |",
+        ours.as_secs_f64() * 1e3
+    );
     println!("| ratio | {:.2}× |", ours.as_secs_f64() / hand.as_secs_f64());
     drop(app);
 
@@ -136,6 +143,10 @@ async fn main() {
     println!("|---|---|---|");
     for concurrency in ["4", "20"] {
         let elapsed = burst(concurrency, 20).await;
-        println!("| {concurrency} | {:.2} s | {:.1} |", elapsed.as_secs_f64(), 20.0 / elapsed.as_secs_f64());
+        println!(
+            "| {concurrency} | {:.2} s | {:.1} |",
+            elapsed.as_secs_f64(),
+            20.0 / elapsed.as_secs_f64()
+        );
     }
 }

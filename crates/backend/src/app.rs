@@ -1,9 +1,10 @@
 //! The plan's `index.ts`: builds configuration, services and the router, binds the listener and
 //! serves until a signal. `main.rs` is a shim over [`Application`]; tests build one the same way.
 
-use std::{net::SocketAddr, num::NonZeroU32, sync::Arc};
+use std::{net::SocketAddr, num::NonZeroU32, sync::Arc, time::Duration};
 
 use anyhow::Context;
+use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -12,7 +13,7 @@ use crate::{
     config::{Config, redact_database_url},
     secrets::{self, SecretBox},
     services::{
-        auth::{AuthService, JwtKeys, LocalAuth},
+        auth::{AuthService, JwtKeys, LocalAuth, SupabaseAuth, SupabaseOptions},
         cloud_client::{CloudClientConfig, CloudClientService},
         deployments::Provisioning,
         events::EventBus,
@@ -201,15 +202,43 @@ async fn build_provisioning(config: &Config, store: Store) -> anyhow::Result<Pro
 }
 
 async fn build_auth(config: &Config, store: Store) -> anyhow::Result<Arc<dyn AuthService>> {
-    let secret = match &config.jwt_secret {
-        Some(secret) => secret.clone(),
-        None => secrets::load_or_generate(&config.data_dir.join("jwt-secret"), 32)?,
+    // An empty variable (`SUPABASE_URL=` in a `.env`) counts as unset.
+    let url = config.supabase_url.as_deref().map(str::trim).filter(|url| !url.is_empty());
+    let anon_key =
+        config.supabase_anon_key.as_ref().filter(|key| !key.expose_secret().trim().is_empty());
+    let auth: Arc<dyn AuthService> = match (url, anon_key) {
+        (Some(url), Some(anon_key)) => Arc::new(SupabaseAuth::new(SupabaseOptions {
+            url: url.to_owned(),
+            anon_key: anon_key.clone(),
+            jwt_secret: config.supabase_jwt_secret.clone(),
+            issuer: config.supabase_jwt_issuer.clone(),
+            secret_key: config.supabase_secret_key.clone(),
+            jwks_ttl: Duration::from_secs(config.supabase_jwks_ttl_secs),
+            session_check_interval: config.supabase_session_check_secs.map(Duration::from_secs),
+            connect_timeout: Duration::from_millis(config.supabase_connect_timeout_ms),
+            timeout: Duration::from_millis(config.supabase_timeout_ms),
+            max_retries: config.supabase_max_retries,
+        })?),
+        (Some(_), None) => anyhow::bail!(
+            "SUPABASE_URL is set but SUPABASE_ANON_KEY is not; set both to use Supabase Auth, or neither for the built-in provider"
+        ),
+        (None, Some(_)) => anyhow::bail!(
+            "SUPABASE_ANON_KEY is set but SUPABASE_URL is not; set both to use Supabase Auth, or neither for the built-in provider"
+        ),
+        (None, None) => {
+            let secret = match &config.jwt_secret {
+                Some(secret) => secret.clone(),
+                None => secrets::load_or_generate(&config.data_dir.join("jwt-secret"), 32)?,
+            };
+            let keys = JwtKeys::new(&secret, &config.jwt_issuer)?;
+            Arc::new(
+                LocalAuth::new(store, keys, config.access_token_ttl_secs, config.session_ttl_secs)
+                    .await?,
+            )
+        }
     };
-    let keys = JwtKeys::new(&secret, &config.jwt_issuer)?;
-    let auth =
-        LocalAuth::new(store, keys, config.access_token_ttl_secs, config.session_ttl_secs).await?;
     tracing::info!(provider = auth.provider(), "auth ready");
-    Ok(Arc::new(auth))
+    Ok(auth)
 }
 
 async fn cancel_on_signal(shutdown: CancellationToken) {

@@ -112,6 +112,58 @@ pub struct Config {
     /// sets it; otherwise clients could pick their own address).
     #[arg(long, env = "NIM_TRUST_FORWARDED_FOR", value_parser = BoolishValueParser::new(), default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
     pub trust_forwarded_for: bool,
+
+    /// Supabase project URL (Dashboard → Project Settings → API → Project URL), e.g.
+    /// `https://<ref>.supabase.co`. Together with `SUPABASE_ANON_KEY` it switches sign-in to the
+    /// project's Supabase Auth instead of the built-in provider.
+    #[arg(long, env = "SUPABASE_URL")]
+    pub supabase_url: Option<String>,
+
+    /// The project's public API key: the legacy `anon` JWT key or a `sb_publishable_…` key
+    /// (Dashboard → Project Settings → API Keys).
+    #[arg(long, env = "SUPABASE_ANON_KEY", hide_env_values = true)]
+    pub supabase_anon_key: Option<SecretString>,
+
+    /// Legacy JWT secret of the project (Dashboard → Project Settings → JWT Keys → Legacy JWT
+    /// Secret), for projects that still sign tokens with HS256. Without it, HS256 tokens are
+    /// checked with Supabase (`GET /auth/v1/user`, briefly cached). Not needed for ES256/RS256.
+    #[arg(long, env = "SUPABASE_JWT_SECRET", hide_env_values = true)]
+    pub supabase_jwt_secret: Option<SecretString>,
+
+    /// `iss` of the project's access tokens. Default: `<SUPABASE_URL>/auth/v1`, which is what
+    /// hosted projects and the Supabase CLI issue; set it when a custom domain or a self-hosted
+    /// `GOTRUE_JWT_ISSUER` differs.
+    #[arg(long, env = "SUPABASE_JWT_ISSUER")]
+    pub supabase_jwt_issuer: Option<String>,
+
+    /// A secret API key (`sb_secret_…`). When set, signup and login are sent with it and with the
+    /// end user's address in `Sb-Forwarded-For`, so Supabase rate-limits each user on their own
+    /// address instead of all users on this server's.
+    #[arg(long, env = "SUPABASE_SECRET_KEY", hide_env_values = true)]
+    pub supabase_secret_key: Option<SecretString>,
+
+    /// Seconds the project's signing keys (JWKS) are cached; an unknown key id refetches sooner.
+    #[arg(long, env = "SUPABASE_JWKS_TTL_SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub supabase_jwks_ttl_secs: u64,
+
+    /// Strict revocation: also ask Supabase whether a token's session still exists, at most once
+    /// per this many seconds per session (a logged-out session is refused within that time).
+    /// Unset: tokens stay valid until they expire, as with any local JWT verification.
+    #[arg(long, env = "SUPABASE_SESSION_CHECK_SECS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub supabase_session_check_secs: Option<u64>,
+
+    /// Milliseconds to wait for a TCP/TLS connection to Supabase Auth.
+    #[arg(long, env = "SUPABASE_CONNECT_TIMEOUT_MS", default_value_t = 3_000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub supabase_connect_timeout_ms: u64,
+
+    /// Milliseconds one request to Supabase Auth may take, connection included.
+    #[arg(long, env = "SUPABASE_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=120_000))]
+    pub supabase_timeout_ms: u64,
+
+    /// Retries of a Supabase Auth request that failed with 5xx or before reaching the server
+    /// (4xx answers are never retried).
+    #[arg(long, env = "SUPABASE_MAX_RETRIES", default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=10))]
+    pub supabase_max_retries: u32,
 }
 
 /// How log lines are written.

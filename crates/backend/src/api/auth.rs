@@ -56,17 +56,19 @@ pub(super) struct LogoutParams {
 
 /// Create an account.
 ///
-/// The email is lower-cased; the password needs at least 8 characters. With the built-in provider
-/// the account is confirmed at once and a session is returned; with Supabase and email
-/// confirmation on, `session` is null and `confirmation_required` is true.
+/// The email is lower-cased. The built-in provider wants at least 8 characters of password and
+/// confirms the account at once, returning a session; with Supabase the project's password policy
+/// applies, and with email confirmation on `session` is null and `confirmation_required` is true.
 #[utoipa::path(post, path = "/auth/signup", tag = "auth",
     request_body = CredentialsRequest,
     responses(
         (status = 201, description = "Account created", body = SignUpResponse),
         (status = 400, description = "Malformed JSON (`bad_json`)", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not a JSON body", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`signup_disabled` (Supabase project with signups off)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`validation_failed`, `weak_password` or `user_already_exists`", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Too many attempts from this address", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many attempts from this address (or Supabase's own limit)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`auth_unavailable`: Supabase Auth cannot be reached", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn sign_up(
     State(auth): State<Arc<dyn AuthService>>,
@@ -87,7 +89,9 @@ async fn sign_up(
         (status = 400, description = "`invalid_credentials` or `bad_json`", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not a JSON body", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A field is missing or mistyped", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Too many attempts from this address", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`email_not_confirmed` or `user_banned` (Supabase)", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many attempts from this address (or Supabase's own limit)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`auth_unavailable`: Supabase Auth cannot be reached", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn log_in(
     State(auth): State<Arc<dyn AuthService>>,
@@ -107,6 +111,7 @@ async fn log_in(
         (status = 200, description = "A new session with a new refresh token", body = Session),
         (status = 400, description = "`refresh_token_not_found`, `refresh_token_already_used`, `session_expired` or `bad_json`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A field is missing or mistyped", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`auth_unavailable`: Supabase Auth cannot be reached", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn refresh_session(
     State(auth): State<Arc<dyn AuthService>>,
@@ -141,6 +146,7 @@ async fn log_out(
     responses(
         (status = 200, description = "The current user", body = User),
         (status = 401, description = "Missing or invalid token, or the session has ended", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`auth_unavailable`: Supabase Auth cannot be reached", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn current_user(
     State(auth): State<Arc<dyn AuthService>>,

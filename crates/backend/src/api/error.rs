@@ -19,6 +19,9 @@ pub enum ApiError {
     /// 401 with `WWW-Authenticate: Bearer`.
     #[error("{detail}")]
     Unauthorized { code: &'static str, detail: String },
+    /// 403: understood and authenticated, but not allowed (banned user, unconfirmed email, ...).
+    #[error("{detail}")]
+    Forbidden { code: &'static str, detail: String },
     /// 404, also for resources that exist but belong to someone else.
     #[error("{detail}")]
     NotFound { detail: String },
@@ -68,6 +71,7 @@ impl ApiError {
         match self {
             Self::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
             Self::Unauthorized { code, .. } => (StatusCode::UNAUTHORIZED, code),
+            Self::Forbidden { code, .. } => (StatusCode::FORBIDDEN, code),
             Self::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::Conflict { code, .. } => (StatusCode::CONFLICT, code),
@@ -180,6 +184,10 @@ impl From<AuthError> for ApiError {
                 Self::bad_request("refresh_token_already_used", detail)
             }
             AuthError::SessionExpired => Self::bad_request("session_expired", detail),
+            AuthError::EmailNotConfirmed => Self::Forbidden { code: "email_not_confirmed", detail },
+            AuthError::SignupDisabled => Self::Forbidden { code: "signup_disabled", detail },
+            AuthError::UserBanned => Self::Forbidden { code: "user_banned", detail },
+            AuthError::RateLimited { retry_after } => Self::RateLimited { retry_after },
             AuthError::Unavailable(cause) => {
                 tracing::warn!(error = format!("{cause:#}"), "auth dependency unavailable");
                 Self::Unavailable {

@@ -345,6 +345,8 @@ impl Provisioning {
                 summary.destroy = changes.remove;
             }
         }
+        // Terraform plans resources concurrently; answer in a stable order.
+        summary.resources.sort_by(|a, b| a.address.cmp(&b.address));
         match plan {
             Exit::Succeeded => Ok(summary),
             Exit::Failed { summary, .. } => Err(DeploymentError::PlanFailed(summary)),

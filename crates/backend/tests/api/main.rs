@@ -5,6 +5,8 @@
 #![allow(unreachable_pub)]
 
 mod auth;
+mod gotrue_stub;
 mod helpers;
 mod provisioning;
 mod server;
+mod supabase;

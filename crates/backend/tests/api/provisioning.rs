@@ -572,7 +572,12 @@ async fn sigterm_during_a_run_interrupts_it_cleanly_and_the_next_start_resumes_i
 async fn a_run_over_its_time_limit_is_stopped_and_fails_the_deployment() {
     let app = app().provisioning().env("NIM_RUN_TIMEOUT", "10").spawn().await;
     let token = app.token("timeout@example.com").await;
-    let created = provision(&app, &token, json!({"name": "sluggish", "provider": "local", "variables": {"boot_delay_seconds": 120}})).await;
+    let created = provision(
+        &app,
+        &token,
+        json!({"name": "sluggish", "provider": "local", "variables": {"boot_delay_seconds": 120}}),
+    )
+    .await;
     let id = created["deployment"]["id"].as_str().unwrap();
     let failed = wait_for_status(&app, &token, id, "failed").await;
     assert_eq!(failed["status_reason"], "the apply timed out after 10 s");

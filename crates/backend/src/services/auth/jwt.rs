@@ -112,19 +112,22 @@ impl JwtKeys {
     pub fn verify(&self, token: &str) -> Result<AccessClaims, AuthError> {
         jsonwebtoken::decode::<AccessClaims>(token, &self.decoding, &self.validation)
             .map(|data| data.claims)
-            .map_err(|err| {
-                let reason = match err.kind() {
-                    ErrorKind::ExpiredSignature => "the access token has expired",
-                    ErrorKind::InvalidSignature => "the access token's signature is invalid",
-                    ErrorKind::InvalidAudience => "the access token is for another audience",
-                    ErrorKind::InvalidIssuer => "the access token is from another issuer",
-                    ErrorKind::InvalidAlgorithm => "the access token uses an unaccepted algorithm",
-                    ErrorKind::MissingRequiredClaim(_) => "the access token lacks a required claim",
-                    _ => "the access token is malformed",
-                };
-                AuthError::InvalidToken(reason.to_owned())
-            })
+            .map_err(|err| token_error(&err))
     }
+}
+
+/// Says which check a token failed, in words the caller can act on.
+pub(super) fn token_error(err: &jsonwebtoken::errors::Error) -> AuthError {
+    let reason = match err.kind() {
+        ErrorKind::ExpiredSignature => "the access token has expired",
+        ErrorKind::InvalidSignature => "the access token's signature is invalid",
+        ErrorKind::InvalidAudience => "the access token is for another audience",
+        ErrorKind::InvalidIssuer => "the access token is from another issuer",
+        ErrorKind::InvalidAlgorithm => "the access token uses an unaccepted algorithm",
+        ErrorKind::MissingRequiredClaim(_) => "the access token lacks a required claim",
+        _ => "the access token is malformed",
+    };
+    AuthError::InvalidToken(reason.to_owned())
 }
 
 #[cfg(test)]

@@ -9,11 +9,11 @@ use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
-use wire::{FieldError, Session, SignUpResponse, User};
+use wire::{Session, SignUpResponse, User};
 
 use super::{
     AUTHENTICATED, AuthError, AuthService, AuthUser, ClientInfo, Credentials, JwtKeys, LogoutScope,
-    normalize_email, password,
+    normalize_email, password, require_login_fields, require_refresh_token, signup_fields,
 };
 use crate::store::{AuthSessionRow, RefreshOutcome, SessionSelector, Store, StoreError, UserRow};
 
@@ -111,19 +111,11 @@ impl AuthService for LocalAuth {
     ) -> Result<SignUpResponse, AuthError> {
         let email = normalize_email(&credentials.email);
         let password = check_password(&credentials.password);
-        let email = match (email, password) {
-            (Ok(email), Ok(())) => email,
-            (Ok(_), Err(PasswordProblem::Weak(message))) => {
-                return Err(AuthError::WeakPassword(message));
-            }
-            (email, password) => {
-                let mut errors: Vec<FieldError> = email.err().into_iter().collect();
-                if let Err(problem) = password {
-                    errors.push(FieldError::new("password", problem.message()));
-                }
-                return Err(AuthError::Validation(errors));
-            }
-        };
+        // A weak password alone is `weak_password`; with other problems, one of the field errors.
+        if let (Ok(_), Err(PasswordProblem::Weak(message))) = (&email, &password) {
+            return Err(AuthError::WeakPassword(message.clone()));
+        }
+        let email = signup_fields(email, password.err().map(|problem| problem.message()))?;
         let password_hash = password::hash(credentials.password).await?;
         let now = Utc::now();
         let user = UserRow {
@@ -160,16 +152,7 @@ impl AuthService for LocalAuth {
         credentials: Credentials,
         client: &ClientInfo,
     ) -> Result<Session, AuthError> {
-        let mut missing = Vec::new();
-        if credentials.email.trim().is_empty() {
-            missing.push(FieldError::new("email", "an email address is required"));
-        }
-        if credentials.password.expose_secret().is_empty() {
-            missing.push(FieldError::new("password", "a password is required"));
-        }
-        if !missing.is_empty() {
-            return Err(AuthError::Validation(missing));
-        }
+        require_login_fields(&credentials)?;
         // A malformed address cannot have an account; it gets the same answer as a wrong one.
         let user = match normalize_email(&credentials.email) {
             Ok(email) => self.store.find_user_by_email(&email).await?,
@@ -194,12 +177,7 @@ impl AuthService for LocalAuth {
         refresh_token: &str,
         _client: &ClientInfo,
     ) -> Result<Session, AuthError> {
-        if refresh_token.is_empty() {
-            return Err(AuthError::Validation(vec![FieldError::new(
-                "refresh_token",
-                "a refresh token is required",
-            )]));
-        }
+        require_refresh_token(refresh_token)?;
         let old_hash = hash_refresh_token(refresh_token);
         let (new_token, new_hash) = new_refresh_token();
         let now = Utc::now();

@@ -5,16 +5,18 @@
 mod jwt;
 mod local;
 mod password;
+mod supabase;
 
 use std::net::IpAddr;
 
 use async_trait::async_trait;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 use wire::{FieldError, Session, SignUpResponse, User};
 
 pub use jwt::{AccessClaims, JwtKeys};
 pub use local::LocalAuth;
+pub use supabase::{SupabaseAuth, SupabaseOptions};
 
 /// Audience and role of every signed-in user's token, as in Supabase.
 pub const AUTHENTICATED: &str = "authenticated";
@@ -77,6 +79,17 @@ pub enum AuthError {
     RefreshTokenAlreadyUsed,
     #[error("the session has expired or was logged out; log in again")]
     SessionExpired,
+    #[error(
+        "the email address has not been confirmed yet; follow the link in the confirmation email"
+    )]
+    EmailNotConfirmed,
+    #[error("new accounts cannot be created: sign-ups are disabled for this project")]
+    SignupDisabled,
+    #[error("this user is banned")]
+    UserBanned,
+    /// The auth provider itself is rate-limiting us (ours is in front, in the API layer).
+    #[error("the auth provider is rate-limiting these requests")]
+    RateLimited { retry_after: std::time::Duration },
     #[error("the auth service is unavailable")]
     Unavailable(#[source] anyhow::Error),
     #[error(transparent)]
@@ -120,6 +133,44 @@ pub trait AuthService: Send + Sync + 'static {
 
     /// Verifies an access token; must not need a network round trip in the common case.
     async fn verify(&self, access_token: &str) -> Result<AuthUser, AuthError>;
+}
+
+/// Login needs both fields: the same field errors whichever provider answers.
+pub(crate) fn require_login_fields(credentials: &Credentials) -> Result<(), AuthError> {
+    let mut missing = Vec::new();
+    if credentials.email.trim().is_empty() {
+        missing.push(FieldError::new("email", "an email address is required"));
+    }
+    if credentials.password.expose_secret().is_empty() {
+        missing.push(FieldError::new("password", "a password is required"));
+    }
+    if missing.is_empty() { Ok(()) } else { Err(AuthError::Validation(missing)) }
+}
+
+/// A signup's field checks combined: the address to use, or every field's error at once.
+pub(crate) fn signup_fields(
+    email: Result<String, FieldError>,
+    password_problem: Option<String>,
+) -> Result<String, AuthError> {
+    match (email, password_problem) {
+        (Ok(email), None) => Ok(email),
+        (email, password_problem) => {
+            let mut errors: Vec<FieldError> = email.err().into_iter().collect();
+            errors.extend(password_problem.map(|p| FieldError::new("password", p)));
+            Err(AuthError::Validation(errors))
+        }
+    }
+}
+
+/// An empty refresh token is a missing field, not an unknown token.
+pub(crate) fn require_refresh_token(refresh_token: &str) -> Result<(), AuthError> {
+    if refresh_token.is_empty() {
+        return Err(AuthError::Validation(vec![FieldError::new(
+            "refresh_token",
+            "a refresh token is required",
+        )]));
+    }
+    Ok(())
 }
 
 /// The longest email address accepted (RFC 5321's path limit, and Supabase's 255).
