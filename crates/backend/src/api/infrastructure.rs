@@ -557,10 +557,7 @@ async fn stream_events(
             ApiError::bad_request("invalid_last_event_id", "Last-Event-ID must be an event id")
         })?,
         None => match store.latest_run(id).await? {
-            Some(run) => match store.first_event_id(run.id).await? {
-                Some(first) => first - 1,
-                None => store.last_event_id(id).await?,
-            },
+            Some(run) => store.last_event_id_before_run(id, run.id).await?,
             None => 0,
         },
     };

@@ -390,24 +390,22 @@ impl Store {
         })?)
     }
 
-    /// The id of a run's first event, if it has any.
-    pub async fn first_event_id(&self, run_id: Uuid) -> StoreResult<Option<i64>> {
+    /// The id of the deployment's newest event that is not `run_id`'s (0 when none): a stream
+    /// that starts after it begins with `run_id`'s first event, even one not stored yet, because
+    /// a later run's events always have higher ids.
+    pub async fn last_event_id_before_run(
+        &self,
+        deployment_id: Uuid,
+        run_id: Uuid,
+    ) -> StoreResult<i64> {
         let row: Option<(Option<i64>,)> = on_db!(self, |pool| {
-            sqlx::query_as("SELECT MIN(id) FROM run_events WHERE run_id = $1")
-                .bind(run_id)
-                .fetch_optional(pool)
-                .await
-        })?;
-        Ok(row.and_then(|(id,)| id))
-    }
-
-    /// The id of a deployment's newest event (0 when it has none).
-    pub async fn last_event_id(&self, deployment_id: Uuid) -> StoreResult<i64> {
-        let row: Option<(Option<i64>,)> = on_db!(self, |pool| {
-            sqlx::query_as("SELECT MAX(id) FROM run_events WHERE deployment_id = $1")
-                .bind(deployment_id)
-                .fetch_optional(pool)
-                .await
+            sqlx::query_as(
+                "SELECT MAX(id) FROM run_events WHERE deployment_id = $1 AND run_id <> $2",
+            )
+            .bind(deployment_id)
+            .bind(run_id)
+            .fetch_optional(pool)
+            .await
         })?;
         Ok(row.and_then(|(id,)| id).unwrap_or(0))
     }
