@@ -2,7 +2,7 @@
 //! (GoTrue). Sign-up, login, refresh and logout go to GoTrue; access tokens are verified locally
 //! (JWKS or the legacy secret), so an authenticated request needs no round trip to Supabase.
 //!
-//! GoTrue's errors become ours in one place, [`map_error`]; `docs/supabase.md` has the same
+//! GoTrue's errors become ours in one place, [`map_error`]; the README's "Using Supabase" section has the same
 //! table for humans.
 
 mod gotrue;
@@ -440,7 +440,7 @@ enum Op {
 }
 
 /// **The** mapping of GoTrue answers to our errors (and, through `api/error.rs`, to our status
-/// codes). Keep `docs/supabase.md` in step with it.
+/// codes). Keep the README's error-mapping table in step with it.
 fn map_error(op: Op, err: GoTrueError) -> AuthError {
     let (status, code, message, reasons) = match err {
         GoTrueError::Api { status, code, message, reasons } => (status, code, message, reasons),
