@@ -121,7 +121,7 @@ impl Store {
             .bind(deployment.updated_at)
             .execute(&mut *tx)
             .await?;
-            Self::insert_run(&mut tx, run).await?;
+            super::runs::insert_run_query!(run).execute(&mut *tx).await?;
             tx.commit().await
         }
         .await)
@@ -217,8 +217,9 @@ impl Store {
                 .bind(id)
                 .execute(pool)
                 .await
+                .map(|done| done.rows_affected())
         })?;
-        Ok(done.rows_affected() == 1)
+        Ok(done == 1)
     }
 
     /// Queues `run` (a destroy) and moves the deployment to `destroying`, in one transaction.
@@ -236,7 +237,7 @@ impl Store {
             let mut tx = pool.begin().await?;
             // The insert comes first: the one-active-run index refuses it while a run is active,
             // before the deployment's status is touched.
-            Self::insert_run(&mut tx, run).await?;
+            super::runs::insert_run_query!(run).execute(&mut *tx).await?;
             let query = sqlx::query(&sql)
                 .bind(DeploymentStatus::Destroying.as_str())
                 .bind(now)
@@ -320,6 +321,7 @@ impl Store {
             .bind(id)
             .execute(pool)
             .await
+            .map(|done| done.rows_affected())
         })?;
         Ok(())
     }

@@ -16,7 +16,8 @@ use std::{str::FromStr, time::Duration};
 
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::{
-    SqlitePool,
+    PgPool, SqlitePool,
+    postgres::{PgConnectOptions, PgPoolOptions},
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
@@ -33,6 +34,7 @@ macro_rules! on_db {
     ($store:expr, |$pool:ident| $body:expr) => {
         match &$store.db {
             $crate::store::Db::Sqlite($pool) => $body,
+            $crate::store::Db::Postgres($pool) => $body,
         }
     };
 }
@@ -101,7 +103,13 @@ pub type StoreResult<T> = Result<T, StoreError>;
 #[derive(Clone, Debug)]
 pub(crate) enum Db {
     Sqlite(SqlitePool),
+    Postgres(PgPool),
 }
+
+/// The Postgres schema holding our tables (Supabase exposes `public` through its REST API).
+pub const PG_SCHEMA: &str = "nim";
+/// Advisory lock key serialising schema creation and migrations across replicas ("nim-migrate").
+const MIGRATION_LOCK: i64 = 0x6e69_6d2d_6d69_6772;
 
 /// Handle to the database; cheap to clone.
 #[derive(Clone, Debug)]
@@ -135,12 +143,32 @@ impl Store {
                 .await
                 .with_context(|| format!("failed to migrate the database {redacted}"))?;
             Db::Sqlite(pool)
+        } else if raw.starts_with("postgres:") || raw.starts_with("postgresql:") {
+            let options = PgConnectOptions::from_str(raw)
+                .with_context(|| format!("invalid Postgres database URL {redacted}"))?
+                .options([("search_path", PG_SCHEMA)])
+                .application_name("nim-backend");
+            let pool = PgPoolOptions::new()
+                .max_connections(max_connections)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect_with(options)
+                .await
+                .with_context(|| format!("failed to connect to the database {redacted}"))?;
+            migrate_postgres(&pool)
+                .await
+                .with_context(|| format!("failed to migrate the database {redacted}"))?;
+            Db::Postgres(pool)
         } else {
             anyhow::bail!(
-                "unsupported DATABASE_URL {redacted}: expected sqlite://… (Postgres support is not built yet)"
+                "unsupported DATABASE_URL {redacted}: expected sqlite://… or postgres://…"
             );
         };
         Ok(Self { db })
+    }
+
+    /// Which database this is, for logs and dialect-specific SQL.
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.db, Db::Postgres(_))
     }
 
     /// Whether the database answers a trivial query within `timeout`.
@@ -157,6 +185,22 @@ impl Store {
     pub async fn close(&self) {
         on_db!(self, |pool| pool.close().await)
     }
+}
+
+/// Creates our schema and applies the migrations (the files in `supabase/migrations/`, which a
+/// Supabase project can also apply itself) while holding an advisory lock, so replicas starting
+/// together migrate once and never see a half-made schema.
+async fn migrate_postgres(pool: &PgPool) -> anyhow::Result<()> {
+    let mut conn = pool.acquire().await?;
+    sqlx::query("SELECT pg_advisory_lock($1)").bind(MIGRATION_LOCK).execute(&mut *conn).await?;
+    let result = async {
+        sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {PG_SCHEMA}")).execute(&mut *conn).await?;
+        sqlx::migrate!("../../supabase/migrations").run(&mut *conn).await?;
+        anyhow::Ok(())
+    }
+    .await;
+    sqlx::query("SELECT pg_advisory_unlock($1)").bind(MIGRATION_LOCK).execute(&mut *conn).await?;
+    result
 }
 
 #[cfg(test)]

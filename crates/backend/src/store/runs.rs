@@ -87,14 +87,9 @@ macro_rules! insert_run_query {
     };
 }
 
-impl Store {
-    pub(super) async fn insert_run(
-        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-        run: &RunRow,
-    ) -> Result<(), sqlx::Error> {
-        insert_run_query!(run).execute(&mut **tx).await.map(drop)
-    }
+pub(super) use insert_run_query;
 
+impl Store {
     /// Claims the oldest queued run for `worker`, holding it until `lease_until`. One atomic
     /// conditional UPDATE: two workers can never claim the same run.
     #[tracing::instrument(skip_all)]
@@ -104,9 +99,12 @@ impl Store {
         lease_until: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> StoreResult<Option<RunRow>> {
+        // Postgres: SKIP LOCKED lets replicas claim different runs at once instead of queueing
+        // on the same row. SQLite has one writer at a time, so the plain subquery is atomic.
+        let lock = if self.is_postgres() { " FOR UPDATE SKIP LOCKED" } else { "" };
         let sql = format!(
             "UPDATE runs SET status = 'running', lease_owner = $1, lease_expires_at = $2, started_at = $3 \
-             WHERE id = (SELECT id FROM runs WHERE status = 'queued' ORDER BY created_at, id LIMIT 1) \
+             WHERE id = (SELECT id FROM runs WHERE status = 'queued' ORDER BY created_at, id LIMIT 1{lock}) \
              AND status = 'queued' RETURNING {RUN_COLUMNS}"
         );
         Ok(on_db!(self, |pool| {
@@ -131,8 +129,9 @@ impl Store {
             .bind(worker)
             .execute(pool)
             .await
+            .map(|done| done.rows_affected())
         })?;
-        Ok(done.rows_affected() == 1)
+        Ok(done == 1)
     }
 
     /// Ends a running run and moves its deployment, in one transaction. `false` if the run was
@@ -185,6 +184,7 @@ impl Store {
                 .bind(run_id)
                 .execute(pool)
                 .await
+                .map(|done| done.rows_affected())
         })?;
         Ok(())
     }
@@ -306,7 +306,7 @@ impl Store {
 
     /// Queues a run for a deployment (a re-queue after an interruption).
     pub async fn queue_run(&self, run: &RunRow) -> StoreResult<()> {
-        on_db!(self, |pool| insert_run_query!(run).execute(pool).await)
+        on_db!(self, |pool| insert_run_query!(run).execute(pool).await.map(drop))
             .map_err(|err| StoreError::classify(err, &["runs_one_active_per_deployment"]))?;
         Ok(())
     }

@@ -170,9 +170,9 @@ impl Store {
             if let Some(id) = session_id {
                 query = query.bind(id);
             }
-            query.execute(pool).await
+            query.execute(pool).await.map(|done| done.rows_affected())
         })?;
-        Ok(done.rows_affected())
+        Ok(done)
     }
 
     /// Whether `session_id` belongs to `user_id` and is neither revoked nor expired.

@@ -40,6 +40,7 @@ impl Store {
             .bind(user.updated_at)
             .execute(pool)
             .await
+            .map(|done| done.rows_affected())
         })
         .map_err(|err| StoreError::classify(err, &["users_email_key"]))?;
         Ok(())
