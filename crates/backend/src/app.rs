@@ -23,9 +23,6 @@ use crate::{
     store::Store,
 };
 
-/// How long a run worker's claim on a run lasts without renewal.
-const RUN_LEASE: std::time::Duration = std::time::Duration::from_secs(60);
-
 /// A built server: listener bound, database migrated, not yet serving.
 pub struct Application {
     listener: TcpListener,
@@ -33,6 +30,7 @@ pub struct Application {
     store: Store,
     config: Config,
     worker: RunWorker,
+    bus: EventBus,
     shutdown: CancellationToken,
 }
 
@@ -61,11 +59,12 @@ impl Application {
                 max_concurrent_runs: config.max_concurrent_runs as usize,
                 run_timeout: std::time::Duration::from_secs(config.run_timeout_secs),
                 ready_timeout: std::time::Duration::from_secs(config.ready_timeout_secs),
-                lease: RUN_LEASE,
+                lease: std::time::Duration::from_secs(config.run_lease_secs),
             },
         );
         // The embedded database has exactly one process: whatever it left running died with it.
-        let recovered = worker.recover(true).await?;
+        // With Postgres other replicas may be running theirs; only lapsed leases count.
+        let recovered = worker.recover(!store.is_postgres()).await?;
         if recovered > 0 {
             tracing::warn!(runs = recovered, "found runs interrupted by the last stop");
         }
@@ -77,7 +76,7 @@ impl Application {
             auth_rate_limiter: Arc::new(AuthRateLimiter::per_minute(per_minute)),
             client_addr: ClientAddrSource { trust_forwarded_for: config.trust_forwarded_for },
             provisioning,
-            bus,
+            bus: bus.clone(),
             request_timeout: RequestTimeout(config.request_timeout()),
         };
         let router = api::router(state, &config);
@@ -85,7 +84,15 @@ impl Application {
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("failed to listen on {} (NIM_LISTEN)", config.listen))?;
-        Ok(Self { listener, router, store, config, worker, shutdown: CancellationToken::new() })
+        Ok(Self {
+            listener,
+            router,
+            store,
+            config,
+            worker,
+            bus,
+            shutdown: CancellationToken::new(),
+        })
     }
 
     /// The address actually bound (the real port when configured with port 0).
@@ -103,7 +110,7 @@ impl Application {
     /// sibling tasks: if either stops on its own, the other is stopped too and the cause reported.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let addr = self.local_addr();
-        let Self { listener, router, store, config, worker, shutdown } = self;
+        let Self { listener, router, store, config, worker, bus, shutdown } = self;
         tracing::info!(%addr, "listening");
 
         tokio::spawn(cancel_on_signal(shutdown.clone()));
@@ -113,6 +120,11 @@ impl Application {
                 .with_graceful_shutdown(async move { graceful.cancelled().await });
         let mut server = tokio::spawn(server.into_future());
         let mut worker = tokio::spawn(worker.run_until_stopped(shutdown.clone()));
+        // Other replicas' run events (Postgres only; returns at once on SQLite).
+        let listener = {
+            let (store, bus) = (store.clone(), bus.clone());
+            tokio::spawn(async move { store.listen_events(move |id| bus.publish(id)).await })
+        };
 
         let first = tokio::select! {
             result = &mut server => ("the HTTP server", result),
@@ -149,6 +161,7 @@ impl Application {
                 result = Ok(());
             }
         }
+        listener.abort();
         store.close().await;
         tracing::info!("stopped");
         result
@@ -156,6 +169,7 @@ impl Application {
 }
 
 async fn build_provisioning(config: &Config, store: Store) -> anyhow::Result<Provisioning> {
+    let store_is_postgres = store.is_postgres();
     let modules_dir = config.modules_dir();
     let catalog = ModuleCatalog::load(&modules_dir)?;
     tracing::info!(dir = %modules_dir.display(), providers = ?catalog.names().collect::<Vec<_>>(), "modules loaded");
@@ -198,6 +212,7 @@ async fn build_provisioning(config: &Config, store: Store) -> anyhow::Result<Pro
         cancel_grace: std::time::Duration::from_secs(config.run_cancel_grace_secs),
         work_queued: Arc::new(tokio::sync::Notify::new()),
         init_lock: Arc::new(tokio::sync::Mutex::new(())),
+        state_database: store_is_postgres.then(|| config.database_url()),
     })
 }
 

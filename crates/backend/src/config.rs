@@ -99,6 +99,11 @@ pub struct Config {
     #[arg(long, env = "NIM_RUN_CANCEL_GRACE_SECS", default_value_t = 60)]
     pub run_cancel_grace_secs: u64,
 
+    /// Seconds a worker's claim on a run lasts without renewal (renewed every third of it). A
+    /// replica that dies holding a run loses it this long after; another takes it over.
+    #[arg(long, env = "NIM_RUN_LEASE_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(3..=3600))]
+    pub run_lease_secs: u64,
+
     /// Seconds after a successful apply within which every machine's agent must answer.
     #[arg(long, env = "NIM_READY_TIMEOUT_SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
     pub ready_timeout_secs: u64,

@@ -3,8 +3,16 @@
 
 use std::{fmt, str::FromStr};
 
+use chrono::{DateTime, SubsecRound, Utc};
+
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+
+/// The current time at the precision every database keeps (microseconds), so a value reads back
+/// exactly as it was written whichever database is configured.
+pub fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
 
 macro_rules! string_enum {
     ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {

@@ -5,7 +5,6 @@
 use std::{net::TcpListener, path::PathBuf, sync::Arc};
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use chrono::Utc;
 use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -101,6 +100,21 @@ pub struct Provisioning {
     /// Held around every `terraform init`: the shared plugin cache is not safe for concurrent
     /// inits (plan and apply only read it).
     pub init_lock: Arc<tokio::sync::Mutex<()>>,
+    /// With Postgres, Terraform state lives in it too (Terraform's `pg` backend): the connection
+    /// string for Terraform, so any replica can run any deployment's next run.
+    pub state_database: Option<SecretString>,
+}
+
+/// Where Terraform's `pg` backend keeps state: its own schema beside ours.
+pub const TERRAFORM_STATE_SCHEMA: &str = "nim_terraform";
+/// The override file that switches a workspace to the `pg` backend.
+pub const PG_BACKEND_OVERRIDE: &str = "nim_backend_override.tf";
+
+impl Provisioning {
+    /// The Terraform workspace (state) name of a deployment in the `pg` backend.
+    pub fn state_workspace(deployment_id: Uuid) -> String {
+        format!("d-{deployment_id}")
+    }
 }
 
 impl Provisioning {
@@ -140,6 +154,13 @@ impl Provisioning {
             // Strings are taken literally; other types are parsed as HCL, of which JSON is a subset.
             let text = value.as_str().map_or_else(|| value.to_string(), str::to_owned);
             env.push((format!("TF_VAR_{name}"), SecretString::from(text)));
+        }
+        if let Some(url) = &self.state_database {
+            env.push(("PG_CONN_STR".to_owned(), terraform_conn_str(url)));
+            env.push((
+                "PG_SCHEMA_NAME".to_owned(),
+                SecretString::from(TERRAFORM_STATE_SCHEMA.to_owned()),
+            ));
         }
         (plain, env)
     }
@@ -202,7 +223,7 @@ impl Provisioning {
             let count = local_machine_count(module, &plain)?;
             backend_variables.insert("agent_ports".into(), json!(free_loopback_ports(count)?));
         }
-        let now = Utc::now();
+        let now = crate::domain::now();
         let deployment = DeploymentRow {
             id,
             owner_id,
@@ -298,8 +319,8 @@ impl Provisioning {
             tls_cert: cert.cert_pem,
             idempotency_key: None,
             request_hash: None,
-            created_at: Utc::now(),
-            updated_at: Utc::now(),
+            created_at: crate::domain::now(),
+            updated_at: crate::domain::now(),
         };
         let secrets = DeploymentSecrets {
             agent_token: new_agent_token(),
@@ -389,7 +410,7 @@ impl Provisioning {
         id: Uuid,
     ) -> Result<(DeploymentRow, RunRow), DeploymentError> {
         let deployment = self.deployment(owner_id, id).await?;
-        let now = Utc::now();
+        let now = crate::domain::now();
         let run = RunRow::queued(id, RunKind::Destroy, 0, now);
         match self.store.queue_destroy(&run, now).await {
             Ok(true) => {}
@@ -442,7 +463,7 @@ impl Provisioning {
         run_id: Uuid,
     ) -> Result<RunRow, DeploymentError> {
         self.deployment(owner_id, id).await?;
-        if let Some(run) = self.store.request_cancel(id, run_id, Utc::now()).await? {
+        if let Some(run) = self.store.request_cancel(id, run_id, crate::domain::now()).await? {
             return Ok(run);
         }
         let run = self.store.find_run(id, run_id).await?.ok_or(DeploymentError::NotFound)?;
@@ -469,6 +490,23 @@ fn local_machine_count(
         )]));
     }
     Ok(count)
+}
+
+/// The database URL as Terraform's `pg` backend (lib/pq) needs it: lib/pq requires TLS unless told
+/// otherwise, so a URL without `sslmode` gets `disable` for a loopback host and `require` for any
+/// other (set `sslmode` in `DATABASE_URL` to choose).
+fn terraform_conn_str(url: &SecretString) -> SecretString {
+    let url = url.expose_secret();
+    if url.contains("sslmode=") {
+        return SecretString::from(url.to_owned());
+    }
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let host_part = after_scheme.split(['/', '?']).next().unwrap_or_default();
+    let host = host_part.rsplit('@').next().unwrap_or_default();
+    let loopback = ["127.0.0.1", "localhost", "[::1]"].iter().any(|h| host.starts_with(h));
+    let mode = if loopback { "disable" } else { "require" };
+    let separator = if url.contains('?') { '&' } else { '?' };
+    SecretString::from(format!("{url}{separator}sslmode={mode}"))
 }
 
 /// `terraform init` arguments.
@@ -520,6 +558,25 @@ mod tests {
         for bad in ["", "Web", "1web", "web-", "we_b", "../x", "x".repeat(64).as_str()] {
             assert!(check_name(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn terraform_gets_an_explicit_sslmode() {
+        let conn = |url: &str| {
+            terraform_conn_str(&SecretString::from(url.to_owned())).expose_secret().to_owned()
+        };
+        assert_eq!(
+            conn("postgres://u@127.0.0.1:5432/db"),
+            "postgres://u@127.0.0.1:5432/db?sslmode=disable"
+        );
+        assert_eq!(
+            conn("postgres://u:p@db.example.co:5432/db?x=1"),
+            "postgres://u:p@db.example.co:5432/db?x=1&sslmode=require"
+        );
+        assert_eq!(
+            conn("postgres://u@localhost/db?sslmode=verify-full"),
+            "postgres://u@localhost/db?sslmode=verify-full"
+        );
     }
 
     #[test]

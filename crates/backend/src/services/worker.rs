@@ -9,7 +9,6 @@ use std::{
     time::Duration,
 };
 
-use chrono::Utc;
 use serde_json::{Value, json};
 use tokio::{
     sync::{Semaphore, mpsc},
@@ -21,7 +20,7 @@ use uuid::Uuid;
 
 use super::{
     cloud_client::{AgentCredentials, AgentTarget, CloudClientService},
-    deployments::{DEFAULT_AGENT_PORT, Provisioning, init_args},
+    deployments::{DEFAULT_AGENT_PORT, PG_BACKEND_OVERRIDE, Provisioning, init_args},
     events::EventBus,
     terraform::{
         Exit, StopSignals, Workspace,
@@ -103,7 +102,7 @@ impl RunWorker {
     /// or fails its deployment when it was already re-queued. Returns how many it handled.
     #[tracing::instrument(skip_all)]
     pub async fn recover(&self, all_running: bool) -> anyhow::Result<usize> {
-        let now = Utc::now();
+        let now = crate::domain::now();
         let stale = self.store().stale_runs(now, all_running).await?;
         for run in &stale {
             if let Some(deployment) = self.store().deployment(run.deployment_id).await? {
@@ -157,7 +156,11 @@ impl RunWorker {
     }
 
     async fn event(&self, run: &RunRow, kind: &str, data: Value) {
-        match self.store().append_event(run.id, run.deployment_id, kind, &data, Utc::now()).await {
+        match self
+            .store()
+            .append_event(run.id, run.deployment_id, kind, &data, crate::domain::now())
+            .await
+        {
             Ok(_) => self.bus.publish(run.deployment_id),
             Err(err) => tracing::warn!(error = %err, "failed to record a run event"),
         }
@@ -165,7 +168,7 @@ impl RunWorker {
 
     /// Claims the oldest queued run and executes it to the end (tests call this directly).
     pub async fn try_run_next(&self, shutdown: &CancellationToken) -> anyhow::Result<Outcome> {
-        let now = Utc::now();
+        let now = crate::domain::now();
         let lease_until = now + chrono::Duration::from_std(self.settings.lease)?;
         match self.store().claim_next_run(&self.id, lease_until, now).await? {
             Some(run) => {
@@ -198,7 +201,7 @@ impl RunWorker {
                 permit = slots.clone().acquire_owned() => permit?,
                 () = shutdown.cancelled() => break,
             };
-            let now = Utc::now();
+            let now = crate::domain::now();
             let lease_until = now + chrono::Duration::from_std(self.settings.lease)?;
             match self.store().claim_next_run(&self.id, lease_until, now).await {
                 Ok(Some(run)) => {
@@ -294,7 +297,7 @@ impl RunWorker {
                 cancel.cancel();
             }
             if Instant::now() >= next_renewal {
-                let until = Utc::now()
+                let until = crate::domain::now()
                     + chrono::Duration::from_std(self.settings.lease).unwrap_or_default();
                 match self.store().renew_lease(run_id, &self.id, until).await {
                     Ok(true) => next_renewal = Instant::now() + renew_every,
@@ -339,13 +342,17 @@ impl RunWorker {
                     Record::Event(kind, data) => events.push((kind, data)),
                 }
                 for (kind, data) in events {
-                    if let Err(err) =
-                        store.append_event(run_id, deployment_id, kind, &data, Utc::now()).await
+                    if let Err(err) = store
+                        .append_event(run_id, deployment_id, kind, &data, crate::domain::now())
+                        .await
                     {
                         tracing::warn!(error = %err, "failed to record a run event");
                     }
                 }
                 bus.publish(deployment_id);
+                if let Err(err) = store.notify_events(deployment_id).await {
+                    tracing::warn!(error = %err, "failed to notify other replicas of run events");
+                }
             }
         });
         (tx, handle)
@@ -387,6 +394,13 @@ impl RunWorker {
         reap_orphan(&workspace.module_dir);
         let (plain, env) = self.ctx.run_inputs(&module, &deployment, &secrets);
         workspace.write_variables(&plain)?;
+        let override_file = workspace.module_dir.join(PG_BACKEND_OVERRIDE);
+        if self.ctx.state_database.is_some() {
+            // State in Postgres: any replica can run this deployment's next run.
+            std::fs::write(&override_file, "terraform {\n  backend \"pg\" {}\n}\n")?;
+        } else {
+            let _ = std::fs::remove_file(&override_file);
+        }
 
         let stop = StopSignals {
             cancel: cancel.clone(),
@@ -420,8 +434,17 @@ impl RunWorker {
             })
         };
         let mut end = RunEnd::Succeeded;
-        let steps: Vec<(&'static str, Vec<String>)> =
-            vec![("init", init_args()), ("plan", plan), ("apply", apply)];
+        let mut steps: Vec<(&'static str, Vec<String>)> = vec![("init", init_args())];
+        if self.ctx.state_database.is_some() {
+            // One named state per deployment, created up front: the `default` workspace would
+            // hold the pg backend's global creation lock for a whole first apply.
+            let name = Provisioning::state_workspace(deployment.id);
+            steps.push((
+                "workspace",
+                vec!["workspace".into(), "select".into(), "-or-create=true".into(), name],
+            ));
+        }
+        steps.extend([("plan", plan), ("apply", apply)]);
         for (step, args) in steps {
             let _ = records.send(Record::Step);
             log(records, format!("terraform {step}"));
@@ -448,13 +471,15 @@ impl RunWorker {
         }
         match run.kind() {
             RunKind::Destroy => {
-                self.store().replace_machines(deployment.id, &[], Utc::now()).await?;
+                self.store().replace_machines(deployment.id, &[], crate::domain::now()).await?;
                 Ok(RunEnd::Succeeded)
             }
             RunKind::Apply => {
                 let outputs = terraform.outputs(&workspace.module_dir, &env).await?;
                 let machines = parse_machines(&outputs)?;
-                self.store().replace_machines(deployment.id, &machines, Utc::now()).await?;
+                self.store()
+                    .replace_machines(deployment.id, &machines, crate::domain::now())
+                    .await?;
                 log(records, format!("waiting for {} agent(s) to answer", machines.len()));
                 self.wait_ready(&deployment, &secrets.agent_token, &machines, cancel).await
             }
@@ -467,7 +492,7 @@ impl RunWorker {
         const FIRST: &[DeploymentStatus] =
             &[DeploymentStatus::Pending, DeploymentStatus::Provisioning, DeploymentStatus::Failed];
         const LATER: &[DeploymentStatus] = &[DeploymentStatus::Ready, DeploymentStatus::Updating];
-        let now = Utc::now();
+        let now = crate::domain::now();
         let store = self.store();
         if store
             .transition_deployment(deployment_id, FIRST, DeploymentStatus::Provisioning, None, now)
@@ -527,7 +552,7 @@ impl RunWorker {
         end: RunEnd,
         records: &mpsc::UnboundedSender<Record>,
     ) -> anyhow::Result<()> {
-        let now = Utc::now();
+        let now = crate::domain::now();
         let kind = run.kind();
         if matches!(end, RunEnd::Shutdown) {
             let reason = "the backend shut down while it ran; re-queued";

@@ -108,6 +108,8 @@ pub(crate) enum Db {
 
 /// The Postgres schema holding our tables (Supabase exposes `public` through its REST API).
 pub const PG_SCHEMA: &str = "nim";
+/// The `NOTIFY` channel carrying deployment ids of new run events between replicas.
+const EVENTS_CHANNEL: &str = "nim_run_events";
 /// Advisory lock key serialising schema creation and migrations across replicas ("nim-migrate").
 const MIGRATION_LOCK: i64 = 0x6e69_6d2d_6d69_6772;
 
@@ -166,6 +168,44 @@ impl Store {
         Ok(Self { db })
     }
 
+    /// Tells every replica that `deployment_id` has new run events (Postgres `NOTIFY`; the
+    /// payload is only the id). A no-op on SQLite, which has one process.
+    pub async fn notify_events(&self, deployment_id: uuid::Uuid) -> StoreResult<()> {
+        if let Db::Postgres(pool) = &self.db {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(EVENTS_CHANNEL)
+                .bind(deployment_id.to_string())
+                .execute(pool)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Forwards other replicas' event notifications to `wake` until the process ends (Postgres
+    /// only). A lost connection is re-established; wake-ups missed meanwhile are harmless,
+    /// because subscribers read events from the table by id.
+    pub async fn listen_events(&self, wake: impl Fn(uuid::Uuid) + Send + 'static) {
+        let Db::Postgres(pool) = &self.db else { return };
+        loop {
+            let listener = async {
+                let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+                listener.listen(EVENTS_CHANNEL).await?;
+                loop {
+                    let notification = listener.recv().await?;
+                    if let Ok(id) = notification.payload().parse() {
+                        wake(id);
+                    }
+                }
+                #[allow(unreachable_code)]
+                Ok::<(), sqlx::Error>(())
+            };
+            if let Err(err) = listener.await {
+                tracing::warn!(error = %err, "lost the run-event notification channel; reconnecting");
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
     /// Which database this is, for logs and dialect-specific SQL.
     pub fn is_postgres(&self) -> bool {
         matches!(self.db, Db::Postgres(_))
@@ -194,7 +234,9 @@ async fn migrate_postgres(pool: &PgPool) -> anyhow::Result<()> {
     let mut conn = pool.acquire().await?;
     sqlx::query("SELECT pg_advisory_lock($1)").bind(MIGRATION_LOCK).execute(&mut *conn).await?;
     let result = async {
-        sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {PG_SCHEMA}")).execute(&mut *conn).await?;
+        sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {PG_SCHEMA}"))
+            .execute(&mut *conn)
+            .await?;
         sqlx::migrate!("../../supabase/migrations").run(&mut *conn).await?;
         anyhow::Ok(())
     }
@@ -203,15 +245,86 @@ async fn migrate_postgres(pool: &PgPool) -> anyhow::Result<()> {
     result
 }
 
-#[cfg(test)]
-pub(crate) mod test_support {
+/// Throwaway databases for tests (this crate's and the integration tests'): a fresh SQLite file,
+/// or a fresh database on the Postgres server at `TEST_POSTGRES_URL` (default
+/// `postgres://postgres@127.0.0.1:5432`), dropped again when the guard is.
+#[doc(hidden)]
+pub mod testing {
     use super::*;
 
-    /// A store on a fresh SQLite file in its own temporary directory.
-    pub(crate) async fn temp_store() -> (Store, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
+    /// The Postgres server tests use.
+    pub fn postgres_server() -> String {
+        std::env::var("TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
+    }
+
+    /// A database created for one test and dropped (with its connections) afterwards.
+    pub struct PostgresDatabase {
+        pub url: String,
+        name: String,
+    }
+
+    impl PostgresDatabase {
+        /// Creates a fresh database, or `None` (after saying so loudly) when no Postgres server
+        /// answers. Under `CI=true` an unreachable server is a failure, never a skip.
+        pub async fn create() -> Option<Self> {
+            let server = postgres_server();
+            let admin = match sqlx::PgPool::connect(&format!("{server}/postgres")).await {
+                Ok(pool) => pool,
+                Err(err) => {
+                    if std::env::var("CI").is_ok_and(|v| v == "true") {
+                        panic!("CI=true but Postgres at {server} is unreachable: {err}");
+                    }
+                    eprintln!(
+                        "\n*** SKIPPING a Postgres test: {server} is unreachable ({err}); set TEST_POSTGRES_URL ***\n"
+                    );
+                    return None;
+                }
+            };
+            let name = format!("nim_test_{}", uuid::Uuid::new_v4().simple());
+            sqlx::query(&format!("CREATE DATABASE {name}"))
+                .execute(&admin)
+                .await
+                .expect("create database");
+            admin.close().await;
+            Some(Self { url: format!("{server}/{name}"), name })
+        }
+    }
+
+    impl Drop for PostgresDatabase {
+        fn drop(&mut self) {
+            let (server, name) = (postgres_server(), self.name.clone());
+            // Drop may run inside a runtime; do the async work on a thread of its own.
+            let _ = std::thread::spawn(move || {
+                let runtime =
+                    tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+                runtime.block_on(async {
+                    let admin = sqlx::PgPool::connect(&format!("{server}/postgres")).await.ok()?;
+                    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&admin)
+                        .await
+                        .ok()?;
+                    admin.close().await;
+                    Some(())
+                })
+            })
+            .join();
+        }
+    }
+
+    /// A store on each database kind this machine can offer: SQLite always, Postgres when a server
+    /// answers. Keep the guard alive as long as the store.
+    pub async fn stores() -> Vec<(Store, Box<dyn std::any::Any>)> {
+        let mut stores: Vec<(Store, Box<dyn std::any::Any>)> = Vec::new();
+        let dir = tempfile::tempdir().expect("temp dir");
         let url =
             SecretString::from(format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display()));
-        (Store::connect(&url, 4).await.unwrap(), dir)
+        stores.push((Store::connect(&url, 4).await.expect("sqlite store"), Box::new(dir)));
+        if let Some(database) = PostgresDatabase::create().await {
+            let url = SecretString::from(database.url.clone());
+            stores
+                .push((Store::connect(&url, 8).await.expect("postgres store"), Box::new(database)));
+        }
+        stores
     }
 }

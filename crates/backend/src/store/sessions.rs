@@ -209,10 +209,10 @@ pub enum SessionSelector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{UserRow, test_support::temp_store};
+    use crate::store::{UserRow, testing::stores};
 
     async fn signed_in(store: &Store, token: &[u8]) -> AuthSessionRow {
-        let now = Utc::now();
+        let now = crate::domain::now();
         let user = UserRow {
             id: Uuid::now_v7(),
             email: format!("{}@example.com", Uuid::new_v4()),
@@ -238,59 +238,62 @@ mod tests {
 
     #[tokio::test]
     async fn a_refresh_token_rotates_once_and_reuse_revokes_the_session() {
-        let (store, _dir) = temp_store().await;
-        let session = signed_in(&store, b"t1").await;
-        let now = Utc::now();
-        let outcome = store.rotate_refresh_token(b"t1", b"t2", now).await.unwrap();
-        assert_eq!(
-            outcome,
-            RefreshOutcome::Rotated { session_id: session.id, user_id: session.user_id }
-        );
-        // t1 again: reuse. The session dies, and with it the child token t2.
-        let outcome = store.rotate_refresh_token(b"t1", b"t3", now).await.unwrap();
-        assert_eq!(outcome, RefreshOutcome::Reused { session_id: session.id });
-        assert!(!store.session_is_live(session.id, session.user_id, now).await.unwrap());
-        let outcome = store.rotate_refresh_token(b"t2", b"t4", now).await.unwrap();
-        assert_eq!(outcome, RefreshOutcome::Reused { session_id: session.id });
-        let outcome = store.rotate_refresh_token(b"nope", b"t5", now).await.unwrap();
-        assert_eq!(outcome, RefreshOutcome::NotFound);
+        for (store, _guard) in stores().await {
+            let session = signed_in(&store, b"t1").await;
+            let now = crate::domain::now();
+            let outcome = store.rotate_refresh_token(b"t1", b"t2", now).await.unwrap();
+            assert_eq!(
+                outcome,
+                RefreshOutcome::Rotated { session_id: session.id, user_id: session.user_id }
+            );
+            // t1 again: reuse. The session dies, and with it the child token t2.
+            let outcome = store.rotate_refresh_token(b"t1", b"t3", now).await.unwrap();
+            assert_eq!(outcome, RefreshOutcome::Reused { session_id: session.id });
+            assert!(!store.session_is_live(session.id, session.user_id, now).await.unwrap());
+            let outcome = store.rotate_refresh_token(b"t2", b"t4", now).await.unwrap();
+            assert_eq!(outcome, RefreshOutcome::Reused { session_id: session.id });
+            let outcome = store.rotate_refresh_token(b"nope", b"t5", now).await.unwrap();
+            assert_eq!(outcome, RefreshOutcome::NotFound);
+        }
     }
 
     #[tokio::test]
     async fn a_logged_out_or_expired_session_cannot_refresh() {
-        let (store, _dir) = temp_store().await;
-        let session = signed_in(&store, b"a1").await;
-        let later = session.not_after + chrono::Duration::seconds(1);
-        let outcome = store.rotate_refresh_token(b"a1", b"a2", later).await.unwrap();
-        assert_eq!(outcome, RefreshOutcome::SessionEnded);
+        for (store, _guard) in stores().await {
+            let session = signed_in(&store, b"a1").await;
+            let later = session.not_after + chrono::Duration::seconds(1);
+            let outcome = store.rotate_refresh_token(b"a1", b"a2", later).await.unwrap();
+            assert_eq!(outcome, RefreshOutcome::SessionEnded);
 
-        let now = Utc::now();
-        let revoked = store
-            .revoke_sessions(session.user_id, SessionSelector::Only(session.id), now)
-            .await
-            .unwrap();
-        assert_eq!(revoked, 1);
-        let outcome = store.rotate_refresh_token(b"a1", b"a3", now).await.unwrap();
-        assert_eq!(outcome, RefreshOutcome::SessionEnded);
+            let now = crate::domain::now();
+            let revoked = store
+                .revoke_sessions(session.user_id, SessionSelector::Only(session.id), now)
+                .await
+                .unwrap();
+            assert_eq!(revoked, 1);
+            let outcome = store.rotate_refresh_token(b"a1", b"a3", now).await.unwrap();
+            assert_eq!(outcome, RefreshOutcome::SessionEnded);
+        }
     }
 
     #[tokio::test]
     async fn concurrent_use_of_one_token_rotates_it_exactly_once() {
-        let (store, _dir) = temp_store().await;
-        signed_in(&store, b"c1").await;
-        let now = Utc::now();
-        let attempts = (0..8).map(|i| {
-            let store = store.clone();
-            tokio::spawn(async move {
-                store.rotate_refresh_token(b"c1", format!("child{i}").as_bytes(), now).await
-            })
-        });
-        let mut rotated = 0;
-        for attempt in attempts {
-            if let RefreshOutcome::Rotated { .. } = attempt.await.unwrap().unwrap() {
-                rotated += 1;
+        for (store, _guard) in stores().await {
+            signed_in(&store, b"c1").await;
+            let now = crate::domain::now();
+            let attempts = (0..8).map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store.rotate_refresh_token(b"c1", format!("child{i}").as_bytes(), now).await
+                })
+            });
+            let mut rotated = 0;
+            for attempt in attempts {
+                if let RefreshOutcome::Rotated { .. } = attempt.await.unwrap().unwrap() {
+                    rotated += 1;
+                }
             }
+            assert_eq!(rotated, 1);
         }
-        assert_eq!(rotated, 1);
     }
 }

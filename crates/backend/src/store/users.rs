@@ -62,10 +62,10 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::test_support::temp_store;
+    use crate::store::testing::stores;
 
     fn user(email: &str) -> UserRow {
-        let now = Utc::now();
+        let now = crate::domain::now();
         UserRow {
             id: Uuid::now_v7(),
             email: email.to_owned(),
@@ -80,22 +80,24 @@ mod tests {
 
     #[tokio::test]
     async fn a_taken_email_is_reported_by_constraint_name() {
-        let (store, _dir) = temp_store().await;
-        store.insert_user(&user("a@example.com")).await.unwrap();
-        let err = store.insert_user(&user("a@example.com")).await.unwrap_err();
-        assert!(matches!(err, StoreError::Conflict("users_email_key")), "{err:?}");
+        for (store, _guard) in stores().await {
+            store.insert_user(&user("a@example.com")).await.unwrap();
+            let err = store.insert_user(&user("a@example.com")).await.unwrap_err();
+            assert!(matches!(err, StoreError::Conflict("users_email_key")), "{err:?}");
+        }
     }
 
     #[tokio::test]
     async fn users_round_trip_by_id_and_email() {
-        let (store, _dir) = temp_store().await;
-        let row = user("b@example.com");
-        store.insert_user(&row).await.unwrap();
-        let by_email = store.find_user_by_email("b@example.com").await.unwrap().unwrap();
-        let by_id = store.find_user(row.id).await.unwrap().unwrap();
-        assert_eq!(by_email.id, row.id);
-        assert_eq!(by_id.email, "b@example.com");
-        assert_eq!(by_id.created_at, row.created_at);
-        assert!(store.find_user_by_email("c@example.com").await.unwrap().is_none());
+        for (store, _guard) in stores().await {
+            let row = user("b@example.com");
+            store.insert_user(&row).await.unwrap();
+            let by_email = store.find_user_by_email("b@example.com").await.unwrap().unwrap();
+            let by_id = store.find_user(row.id).await.unwrap().unwrap();
+            assert_eq!(by_email.id, row.id);
+            assert_eq!(by_id.email, "b@example.com");
+            assert_eq!(by_id.created_at, row.created_at);
+            assert!(store.find_user_by_email("c@example.com").await.unwrap().is_none());
+        }
     }
 }

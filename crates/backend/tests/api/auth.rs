@@ -278,7 +278,7 @@ async fn tokens_survive_a_restart_with_the_generated_key() {
     let first = app().bare().spawn().await;
     let session = first.signed_in_user("restart@example.com").await;
     let dir = first.into_dir();
-    assert!(dir.path().join("data/jwt-secret").exists());
+    assert!(dir.dir.path().join("data/jwt-secret").exists());
 
     let second = app().bare().dir(dir).spawn().await;
     let me = json_ok(second.get("/auth/me", Some(token_of(&session))).await).await;

@@ -9,6 +9,7 @@ use std::{
     time::Duration,
 };
 
+use nim_backend::store::testing::PostgresDatabase;
 use reqwest::{Response, StatusCode, header::CONTENT_TYPE};
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -17,24 +18,38 @@ use tempfile::TempDir;
 pub const JWT_SECRET: &str = "integration-test-secret-of-at-least-32-bytes";
 pub const JWT_ISSUER: &str = "nim-backend";
 
-/// A running `nim-backend` process; killed when dropped.
+/// A running `nim-backend` process; killed when dropped. With `TEST_DATABASE=postgres` it runs on
+/// a fresh Postgres database (dropped with it) instead of SQLite.
 pub struct TestApp {
     pub addr: SocketAddr,
     pub client: reqwest::Client,
     pub dir: TempDir,
+    pub database: Option<PostgresDatabase>,
     child: Child,
+}
+
+/// What a stopped server leaves for the next one: its directory and database.
+pub struct Reuse {
+    pub dir: TempDir,
+    database: Option<PostgresDatabase>,
+}
+
+/// Whether this test run asked for Postgres (`TEST_DATABASE=postgres`).
+pub fn postgres_requested() -> bool {
+    std::env::var("TEST_DATABASE").is_ok_and(|v| v == "postgres")
 }
 
 /// Builder for a test server's environment.
 pub struct AppBuilder {
     envs: Vec<(String, String)>,
     dir: Option<TempDir>,
+    database: Option<PostgresDatabase>,
     signing_secret: bool,
     provisioning: bool,
 }
 
 pub fn app() -> AppBuilder {
-    AppBuilder { envs: Vec::new(), dir: None, signing_secret: true, provisioning: false }
+    AppBuilder { envs: Vec::new(), dir: None, database: None, signing_secret: true, provisioning: false }
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -47,9 +62,16 @@ impl AppBuilder {
         self
     }
 
-    /// Reuse a data directory (to restart a server over the same database).
-    pub fn dir(mut self, dir: TempDir) -> Self {
-        self.dir = Some(dir);
+    /// Reuse a stopped server's directory and database (a restart).
+    pub fn dir(mut self, reuse: Reuse) -> Self {
+        self.dir = Some(reuse.dir);
+        self.database = reuse.database;
+        self
+    }
+
+    /// Run on this Postgres database (shared with other servers of the test).
+    pub fn postgres(mut self, url: &str) -> Self {
+        self.envs.push(("DATABASE_URL".to_owned(), url.to_owned()));
         self
     }
 
@@ -67,8 +89,13 @@ impl AppBuilder {
         self
     }
 
-    pub async fn spawn(self) -> TestApp {
-        let dir = self.dir.unwrap_or_else(|| tempfile::tempdir().expect("temp dir"));
+    pub async fn spawn(mut self) -> TestApp {
+        let dir = self.dir.take().unwrap_or_else(|| tempfile::tempdir().expect("temp dir"));
+        let explicit_database = self.envs.iter().any(|(key, _)| key == "DATABASE_URL");
+        // `bare()` is about the embedded defaults, so it stays on SQLite.
+        if self.database.is_none() && !explicit_database && self.signing_secret && postgres_requested() {
+            self.database = Some(PostgresDatabase::create().await.expect("TEST_DATABASE=postgres but no Postgres answers"));
+        }
         let mut command = Command::new(env!("CARGO_BIN_EXE_nim-backend"));
         // Nothing from the developer's environment may leak in; the working directory is the
         // temp dir so no `.env` of the checkout is read either.
@@ -98,6 +125,9 @@ impl AppBuilder {
                 .env("NIM_RUN_CANCEL_GRACE_SECS", "10")
                 .env("NIM_READY_TIMEOUT_SECS", "30");
         }
+        if let Some(database) = &self.database {
+            command.env("DATABASE_URL", &database.url);
+        }
         for (key, value) in &self.envs {
             command.env(key, value);
         }
@@ -108,7 +138,7 @@ impl AppBuilder {
             .timeout(Duration::from_secs(30))
             .build()
             .expect("http client");
-        TestApp { addr, client, dir, child }
+        TestApp { addr, client, dir, database: self.database, child }
     }
 }
 
@@ -257,11 +287,11 @@ impl TestApp {
 
     /// Stops the server (if still running) and hands back its directory, to start another
     /// server on the same data.
-    pub fn into_dir(mut self) -> TempDir {
+    pub fn into_dir(mut self) -> Reuse {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let dir = tempfile::tempdir().expect("temp dir");
-        std::mem::replace(&mut self.dir, dir)
+        Reuse { dir: std::mem::replace(&mut self.dir, dir), database: self.database.take() }
     }
 }
 

@@ -117,7 +117,7 @@ impl AuthService for LocalAuth {
         }
         let email = signup_fields(email, password.err().map(|problem| problem.message()))?;
         let password_hash = password::hash(credentials.password).await?;
-        let now = Utc::now();
+        let now = crate::domain::now();
         let user = UserRow {
             id: Uuid::new_v4(),
             email,
@@ -163,7 +163,7 @@ impl AuthService for LocalAuth {
         let matches = password::verify(credentials.password, hash).await?;
         match user {
             Some(user) if matches => {
-                let session = self.issue_session(&user, client, Utc::now()).await?;
+                let session = self.issue_session(&user, client, crate::domain::now()).await?;
                 tracing::info!(user_id = %user.id, "user logged in");
                 Ok(session)
             }
@@ -180,7 +180,7 @@ impl AuthService for LocalAuth {
         require_refresh_token(refresh_token)?;
         let old_hash = hash_refresh_token(refresh_token);
         let (new_token, new_hash) = new_refresh_token();
-        let now = Utc::now();
+        let now = crate::domain::now();
         match self.store.rotate_refresh_token(&old_hash, &new_hash, now).await? {
             RefreshOutcome::Rotated { session_id, user_id } => {
                 let user =
@@ -205,7 +205,7 @@ impl AuthService for LocalAuth {
             // A token without a session (not one we issue) has nothing of its own to end.
             (_, None) => return Ok(()),
         };
-        let ended = self.store.revoke_sessions(user.id, which, Utc::now()).await?;
+        let ended = self.store.revoke_sessions(user.id, which, crate::domain::now()).await?;
         tracing::info!(?scope, ended, "logged out");
         Ok(())
     }
@@ -213,7 +213,7 @@ impl AuthService for LocalAuth {
     #[tracing::instrument(skip_all, fields(user_id = %user.id))]
     async fn user(&self, user: &AuthUser) -> Result<User, AuthError> {
         if let Some(session_id) = user.session_id {
-            if !self.store.session_is_live(session_id, user.id, Utc::now()).await? {
+            if !self.store.session_is_live(session_id, user.id, crate::domain::now()).await? {
                 return Err(AuthError::SessionNotFound);
             }
         }
