@@ -61,6 +61,7 @@ impl Application {
                 ready_timeout: std::time::Duration::from_secs(config.ready_timeout_secs),
                 lease: std::time::Duration::from_secs(config.run_lease_secs),
             },
+            config.replica_name.clone(),
         );
         // The embedded database has exactly one process: whatever it left running died with it.
         // With Postgres other replicas may be running theirs; only lapsed leases count.
@@ -199,6 +200,11 @@ async fn build_provisioning(config: &Config, store: Store) -> anyhow::Result<Pro
     }
     let key = match &config.encryption_key {
         Some(key) => key.clone(),
+        // Replicas sharing a database must share the key; a per-replica generated one would
+        // leave each unable to open the others' deployments.
+        None if store_is_postgres => anyhow::bail!(
+            "with a Postgres DATABASE_URL, set NIM_ENCRYPTION_KEY (32 random bytes, base64, e.g. `openssl rand -base64 32`) to the same value on every replica"
+        ),
         None => secrets::load_or_generate(&config.data_dir.join("encryption-key"), 32)?,
     };
     Ok(Provisioning {
@@ -243,6 +249,10 @@ async fn build_auth(config: &Config, store: Store) -> anyhow::Result<Arc<dyn Aut
         (None, None) => {
             let secret = match &config.jwt_secret {
                 Some(secret) => secret.clone(),
+                // Every replica must verify the tokens the others issue.
+                None if store.is_postgres() => anyhow::bail!(
+                    "with a Postgres DATABASE_URL and the built-in auth provider, set NIM_JWT_SECRET (at least 32 bytes) to the same value on every replica"
+                ),
                 None => secrets::load_or_generate(&config.data_dir.join("jwt-secret"), 32)?,
             };
             let keys = JwtKeys::new(&secret, &config.jwt_issuer)?;

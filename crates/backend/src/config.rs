@@ -99,6 +99,10 @@ pub struct Config {
     #[arg(long, env = "NIM_RUN_CANCEL_GRACE_SECS", default_value_t = 60)]
     pub run_cancel_grace_secs: u64,
 
+    /// This replica's name in run events and leases. Default: `<hostname>-<random>`.
+    #[arg(long, env = "NIM_REPLICA_NAME")]
+    pub replica_name: Option<String>,
+
     /// Seconds a worker's claim on a run lasts without renewal (renewed every third of it). A
     /// replica that dies holding a run loses it this long after; another takes it over.
     #[arg(long, env = "NIM_RUN_LEASE_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(3..=3600))]

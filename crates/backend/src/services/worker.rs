@@ -33,6 +33,10 @@ use crate::{
     store::{DeploymentRow, NewMachine, RunRow, Store},
 };
 
+/// Advisory lock key serialising `terraform init` and state-workspace creation across replicas
+/// ("nim-tfin").
+const TERRAFORM_SETUP_LOCK: i64 = 0x6e69_6d2d_7466_696e;
+
 /// Re-queues after a crash that a run gets before it fails for good.
 const MAX_REQUEUES: i64 = 1;
 
@@ -84,13 +88,15 @@ enum Record {
 }
 
 impl RunWorker {
+    /// `name` identifies this replica in leases and run events (default `<hostname>-<random>`).
     pub fn new(
         ctx: Provisioning,
         cloud: Arc<CloudClientService>,
         bus: EventBus,
         settings: WorkerSettings,
+        name: Option<String>,
     ) -> Self {
-        let id = format!("{}-{}", hostname(), Uuid::new_v4().simple());
+        let id = name.unwrap_or_else(|| format!("{}-{}", hostname(), Uuid::new_v4().simple()));
         Self { ctx, cloud, bus, settings, id }
     }
 
@@ -373,7 +379,7 @@ impl RunWorker {
             RunKind::Apply => self.start_apply(deployment.id).await?,
             RunKind::Destroy => DeploymentStatus::Destroying,
         };
-        let _ = records.send(Record::Event("status", json!({"deployment_status": status, "run_id": run.id, "run_status": RunStatus::Running, "kind": run.kind})));
+        let _ = records.send(Record::Event("status", json!({"deployment_status": status, "run_id": run.id, "run_status": RunStatus::Running, "kind": run.kind, "worker": self.id})));
 
         let terraform = self.ctx.terraform().map_err(|err| anyhow::anyhow!("{err}"))?.clone();
         let module = self
@@ -448,11 +454,22 @@ impl RunWorker {
         for (step, args) in steps {
             let _ = records.send(Record::Step);
             log(records, format!("terraform {step}"));
-            let _cache = match step {
-                "init" => Some(self.ctx.init_lock.lock().await),
-                _ => None,
+            // `init` fills the shared plugin cache and, with Postgres state, creates the state
+            // table and this deployment's named state: none of that is safe to run concurrently,
+            // on this host or across replicas.
+            let setup = matches!(step, "init" | "workspace");
+            let _cache = match setup {
+                true => Some(self.ctx.init_lock.lock().await),
+                false => None,
+            };
+            let cluster = match setup {
+                true => self.store().advisory_lock(TERRAFORM_SETUP_LOCK).await?,
+                false => None,
             };
             let exit = terraform.run(&workspace.module_dir, &args, &env, &stop, &sink).await;
+            if let Some(lock) = cluster {
+                lock.release().await;
+            }
             end = match exit? {
                 Exit::Succeeded => continue,
                 Exit::Failed { summary, .. } => {

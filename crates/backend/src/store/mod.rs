@@ -72,7 +72,19 @@ impl StoreError {
                     None => Self::Database(err),
                 }
             }
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+            // Connections that cannot be made or broke mid-way (a server restarting, a network
+            // cut during the handshake) and Postgres' connection/shutdown error classes.
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::Io(_)
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed => Self::Unavailable(err),
+            sqlx::Error::Database(db)
+                if db
+                    .code()
+                    .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")) =>
+            {
                 Self::Unavailable(err)
             }
             _ => Self::Database(err),
@@ -206,6 +218,16 @@ impl Store {
         }
     }
 
+    /// Takes a cluster-wide lock (a Postgres session advisory lock on its own connection), held
+    /// until [`AdvisoryLock::release`]; every replica sharing the database waits on the same key.
+    /// `None` on SQLite, where there is one process and an in-process lock does the job.
+    pub async fn advisory_lock(&self, key: i64) -> StoreResult<Option<AdvisoryLock>> {
+        let Db::Postgres(pool) = &self.db else { return Ok(None) };
+        let mut conn = pool.acquire().await?;
+        sqlx::query("SELECT pg_advisory_lock($1)").bind(key).execute(&mut *conn).await?;
+        Ok(Some(AdvisoryLock { conn, key }))
+    }
+
     /// Which database this is, for logs and dialect-specific SQL.
     pub fn is_postgres(&self) -> bool {
         matches!(self.db, Db::Postgres(_))
@@ -224,6 +246,25 @@ impl Store {
     /// Closes every connection; waits for checked-out ones to come back.
     pub async fn close(&self) {
         on_db!(self, |pool| pool.close().await)
+    }
+}
+
+/// A held Postgres advisory lock; see [`Store::advisory_lock`].
+pub struct AdvisoryLock {
+    conn: sqlx::pool::PoolConnection<sqlx::Postgres>,
+    key: i64,
+}
+
+impl AdvisoryLock {
+    pub async fn release(mut self) {
+        let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(self.key)
+            .execute(&mut *self.conn)
+            .await;
+        if unlocked.is_err() {
+            // The session ends with the connection, and the lock with it.
+            let _ = self.conn.close().await;
+        }
     }
 }
 

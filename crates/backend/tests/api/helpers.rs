@@ -17,6 +17,8 @@ use tempfile::TempDir;
 /// The secret test servers sign tokens with, so tests can mint tokens of their own.
 pub const JWT_SECRET: &str = "integration-test-secret-of-at-least-32-bytes";
 pub const JWT_ISSUER: &str = "nim-backend";
+/// The secrets key test servers share (replicas of one database must).
+pub const ENCRYPTION_KEY: &str = "bmltLWludGVncmF0aW9uLXRlc3RzLWtleS0zMmJ5dGU=";
 
 /// A running `nim-backend` process; killed when dropped. With `TEST_DATABASE=postgres` it runs on
 /// a fresh Postgres database (dropped with it) instead of SQLite.
@@ -49,7 +51,13 @@ pub struct AppBuilder {
 }
 
 pub fn app() -> AppBuilder {
-    AppBuilder { envs: Vec::new(), dir: None, database: None, signing_secret: true, provisioning: false }
+    AppBuilder {
+        envs: Vec::new(),
+        dir: None,
+        database: None,
+        signing_secret: true,
+        provisioning: false,
+    }
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -93,8 +101,16 @@ impl AppBuilder {
         let dir = self.dir.take().unwrap_or_else(|| tempfile::tempdir().expect("temp dir"));
         let explicit_database = self.envs.iter().any(|(key, _)| key == "DATABASE_URL");
         // `bare()` is about the embedded defaults, so it stays on SQLite.
-        if self.database.is_none() && !explicit_database && self.signing_secret && postgres_requested() {
-            self.database = Some(PostgresDatabase::create().await.expect("TEST_DATABASE=postgres but no Postgres answers"));
+        if self.database.is_none()
+            && !explicit_database
+            && self.signing_secret
+            && postgres_requested()
+        {
+            self.database = Some(
+                PostgresDatabase::create()
+                    .await
+                    .expect("TEST_DATABASE=postgres but no Postgres answers"),
+            );
         }
         let mut command = Command::new(env!("CARGO_BIN_EXE_nim-backend"));
         // Nothing from the developer's environment may leak in; the working directory is the
@@ -114,7 +130,10 @@ impl AppBuilder {
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         if self.signing_secret {
-            command.env("NIM_DATA_DIR", dir.path().join("data")).env("NIM_JWT_SECRET", JWT_SECRET);
+            command
+                .env("NIM_DATA_DIR", dir.path().join("data"))
+                .env("NIM_JWT_SECRET", JWT_SECRET)
+                .env("NIM_ENCRYPTION_KEY", ENCRYPTION_KEY);
         }
         if self.provisioning {
             let modules = dir.path().join("modules");
@@ -395,4 +414,43 @@ pub fn processes_mentioning(needle: &str) -> Vec<u32> {
         }
     }
     found
+}
+
+/// Reads SSE events from a response until `run_finished`; returns `(id, event, data)` triples.
+pub async fn read_events_until_finished(
+    mut response: reqwest::Response,
+) -> Vec<(i64, String, Value)> {
+    let mut buffer = String::new();
+    let mut events = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while std::time::Instant::now() < deadline {
+        let chunk = tokio::time::timeout(Duration::from_secs(30), response.chunk())
+            .await
+            .expect("events stalled");
+        let Some(chunk) = chunk.expect("event stream broke") else { break };
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let (mut id, mut kind, mut data) = (None, None, None);
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id: ") {
+                    id = v.parse().ok();
+                }
+                if let Some(v) = line.strip_prefix("event: ") {
+                    kind = Some(v.to_owned());
+                }
+                if let Some(v) = line.strip_prefix("data: ") {
+                    data = serde_json::from_str(v).ok();
+                }
+            }
+            if let (Some(id), Some(kind), Some(data)) = (id, kind, data) {
+                let finished = kind == "run_finished";
+                events.push((id, kind, data));
+                if finished {
+                    return events;
+                }
+            }
+        }
+    }
+    panic!("no run_finished event; got {events:?}");
 }

@@ -7,6 +7,7 @@
 mod auth;
 mod gotrue_stub;
 mod helpers;
+mod postgres;
 mod provisioning;
 mod server;
 mod supabase;

@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, app, assert_problem, error_fields, json_ok, processes_mentioning};
+use crate::helpers::{
+    TestApp, app, assert_problem, error_fields, json_ok, processes_mentioning,
+    read_events_until_finished,
+};
 
 /// How long any run may take in these tests before they give up (a loaded 2-core machine).
 const RUN_WAIT: Duration = Duration::from_secs(120);
@@ -127,43 +130,6 @@ async fn three_local_machines_become_ready_and_destroy_removes_them() {
         kinds,
         [(json!("destroy"), json!("succeeded")), (json!("apply"), json!("succeeded"))]
     );
-}
-
-/// Reads SSE events from a response until `run_finished`; returns `(id, event, data)` triples.
-async fn read_events_until_finished(mut response: reqwest::Response) -> Vec<(i64, String, Value)> {
-    let mut buffer = String::new();
-    let mut events = Vec::new();
-    let deadline = Instant::now() + RUN_WAIT;
-    while Instant::now() < deadline {
-        let chunk = tokio::time::timeout(Duration::from_secs(30), response.chunk())
-            .await
-            .expect("events stalled");
-        let Some(chunk) = chunk.expect("event stream broke") else { break };
-        buffer.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = buffer.find("\n\n") {
-            let block: String = buffer.drain(..end + 2).collect();
-            let (mut id, mut kind, mut data) = (None, None, None);
-            for line in block.lines() {
-                if let Some(v) = line.strip_prefix("id: ") {
-                    id = v.parse().ok();
-                }
-                if let Some(v) = line.strip_prefix("event: ") {
-                    kind = Some(v.to_owned());
-                }
-                if let Some(v) = line.strip_prefix("data: ") {
-                    data = serde_json::from_str(v).ok();
-                }
-            }
-            if let (Some(id), Some(kind), Some(data)) = (id, kind, data) {
-                let finished = kind == "run_finished";
-                events.push((id, kind, data));
-                if finished {
-                    return events;
-                }
-            }
-        }
-    }
-    panic!("no run_finished event; got {events:?}");
 }
 
 #[tokio::test]

@@ -1,0 +1,382 @@
+//! Postgres-only behaviour: Supabase's row-level security policies, surviving a database outage,
+//! and several replicas sharing one database. These need a Postgres server (`TEST_POSTGRES_URL`,
+//! default `postgres://postgres@127.0.0.1:5432`); without one they say so loudly and skip, except
+//! under `CI=true`, where they fail.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use nim_backend::store::testing::{PostgresDatabase, postgres_server};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sqlx::{Connection, PgConnection, Row};
+use tokio::{net::TcpListener, task::AbortHandle};
+
+use crate::helpers::{
+    TestApp, app, assert_problem, json_ok, processes_mentioning, read_events_until_finished,
+};
+
+async fn provision(app: &TestApp, token: &str, body: Value) -> Value {
+    let response = app.post_as(token, "/provision", &body).await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    response.json().await.unwrap()
+}
+
+async fn wait_status(app: &TestApp, token: &str, id: &str, status: &str) -> Value {
+    let started = Instant::now();
+    loop {
+        let deployment =
+            json_ok(app.get(&format!("/infrastructure/{id}"), Some(token)).await).await;
+        if deployment["status"] == status {
+            return deployment;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "waiting for {status}: {deployment:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Makes a plain Postgres look like a Supabase database where it matters to our policies: the
+/// `anon` and `authenticated` roles and `auth.uid()` reading the request's JWT claims.
+async fn impersonate_supabase(url: &str) {
+    let mut conn = PgConnection::connect(url).await.unwrap();
+    for role in ["anon", "authenticated"] {
+        sqlx::query(&format!(
+            "DO $$ BEGIN CREATE ROLE {role} NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+        ))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+    sqlx::query("CREATE SCHEMA IF NOT EXISTS auth").execute(&mut conn).await.unwrap();
+    sqlx::query(
+        "CREATE OR REPLACE FUNCTION auth.uid() RETURNS uuid LANGUAGE sql STABLE AS $$ \
+         SELECT coalesce(nullif(current_setting('request.jwt.claim.sub', true), ''), \
+         (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub'))::uuid $$",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    sqlx::query("GRANT USAGE ON SCHEMA auth TO anon, authenticated")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+}
+
+/// Runs `sql` as a frontend user would through supabase-js: role `authenticated`, `sub` = `user`.
+async fn as_user(
+    url: &str,
+    user: &str,
+    sql: &str,
+) -> Result<Vec<sqlx::postgres::PgRow>, sqlx::Error> {
+    let mut conn = PgConnection::connect(url).await.unwrap();
+    let mut tx = conn.begin().await.unwrap();
+    sqlx::query("SET LOCAL ROLE authenticated").execute(&mut *tx).await.unwrap();
+    sqlx::query("SELECT set_config('request.jwt.claims', $1, true)")
+        .bind(json!({"sub": user, "role": "authenticated"}).to_string())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query(sql).fetch_all(&mut *tx).await
+}
+
+#[tokio::test]
+async fn supabase_users_read_only_their_own_rows_and_never_secrets() {
+    let Some(database) = PostgresDatabase::create().await else { return };
+    impersonate_supabase(&database.url).await;
+    let app = app().provisioning().postgres(&database.url).spawn().await;
+    let alice = app.signed_in_user("alice@example.com").await;
+    let bob = app.signed_in_user("bob@example.com").await;
+    let alice_id = alice["user"]["id"].as_str().unwrap().to_owned();
+    let bob_id = bob["user"]["id"].as_str().unwrap().to_owned();
+    for (session, name) in [(&alice, "alices"), (&bob, "bobs")] {
+        let token = session["access_token"].as_str().unwrap();
+        let created = provision(
+            &app,
+            token,
+            json!({"name": name, "provider": "failing", "variables": {"reason": "x"}}),
+        )
+        .await;
+        wait_status(&app, token, created["deployment"]["id"].as_str().unwrap(), "failed").await;
+    }
+
+    let rows = as_user(
+        &database.url,
+        &alice_id,
+        "SELECT name, owner_id::text AS owner FROM nim.deployments",
+    )
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].get::<String, _>("name"), "alices");
+    assert_eq!(rows[0].get::<String, _>("owner"), alice_id);
+    let runs = as_user(&database.url, &bob_id, "SELECT r.id FROM nim.runs r").await.unwrap();
+    assert_eq!(runs.len(), 1, "bob sees exactly his one run");
+    let events =
+        as_user(&database.url, &bob_id, "SELECT DISTINCT deployment_id FROM nim.run_events")
+            .await
+            .unwrap();
+    assert_eq!(events.len(), 1);
+    let stranger = uuid::Uuid::new_v4().to_string();
+    assert!(
+        as_user(&database.url, &stranger, "SELECT id FROM nim.deployments")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Secrets and the built-in auth tables are out of reach; nothing is writable.
+    for sql in [
+        "SELECT secrets FROM nim.deployments",
+        "SELECT tls_cert FROM nim.deployments",
+        "SELECT * FROM nim.deployments",
+        "SELECT * FROM nim.users",
+        "SELECT * FROM nim.refresh_tokens",
+        "UPDATE nim.deployments SET status = 'ready'",
+        "DELETE FROM nim.runs",
+        "INSERT INTO nim.commands (id, deployment_id, owner_id, request, status, created_at) \
+         SELECT gen_random_uuid(), id, owner_id, '{}', 'running', now() FROM nim.deployments",
+    ] {
+        let err = as_user(&database.url, &alice_id, sql).await.expect_err(sql);
+        assert!(err.to_string().contains("permission denied"), "{sql}: {err}");
+    }
+}
+
+/// A TCP proxy in front of the Postgres server that a test can cut and restore.
+struct Proxy {
+    addr: SocketAddr,
+    up: Arc<AtomicBool>,
+    connections: Arc<Mutex<Vec<AbortHandle>>>,
+}
+
+impl Proxy {
+    async fn start(target: String) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Arc::new(AtomicBool::new(true));
+        let connections = Arc::new(Mutex::new(Vec::new()));
+        let (up_, connections_) = (up.clone(), connections.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else { continue };
+                if !up_.load(Ordering::SeqCst) {
+                    continue; // dropped: the connection is refused as it opens
+                }
+                let target = target.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                connections_.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Self { addr, up, connections }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for connection in self.connections.lock().unwrap().drain(..) {
+            connection.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+// The proxy runs in this test's runtime while `spawn` blocks a thread waiting for the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_gives_503s_and_the_server_recovers_without_a_restart() {
+    let Some(database) = PostgresDatabase::create().await else { return };
+    let server = postgres_server();
+    let target = server.rsplit('@').next().unwrap().trim_start_matches("postgres://").to_owned();
+    let proxy = Proxy::start(target.clone()).await;
+    let url = database.url.replace(&target, &proxy.addr.to_string());
+    let app = app().postgres(&url).env("NIM_DB_MAX_CONNECTIONS", "4").spawn().await;
+    let token = app.token("outage@example.com").await;
+    json_ok(app.get("/readyz", None).await).await;
+
+    proxy.cut();
+    let started = Instant::now();
+    assert_problem(app.get("/readyz", None).await, 503, "database_unavailable").await;
+    assert!(started.elapsed() < Duration::from_secs(10), "readyz took {:?}", started.elapsed());
+    assert_problem(app.get("/infrastructure", Some(&token)).await, 503, "database_unavailable")
+        .await;
+    assert_problem(
+        app.log_in("outage@example.com", "correct horse battery").await,
+        503,
+        "auth_unavailable",
+    )
+    .await;
+    // Liveness is not readiness: the process itself is fine.
+    json_ok(app.get("/healthz", None).await).await;
+
+    proxy.restore();
+    let started = Instant::now();
+    loop {
+        if app.get("/readyz", None).await.status() == StatusCode::OK {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "did not recover");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let list = json_ok(app.get("/infrastructure", Some(&token)).await).await;
+    assert_eq!(list["items"], json!([]));
+}
+
+#[tokio::test]
+async fn two_replicas_share_the_work_and_take_over_from_a_killed_one() {
+    let Some(database) = PostgresDatabase::create().await else { return };
+    let replica = |name: &str| {
+        app()
+            .provisioning()
+            .postgres(&database.url)
+            .env("NIM_REPLICA_NAME", name)
+            .env("NIM_RUN_LEASE_SECS", "4")
+            .env("NIM_MAX_CONCURRENT_RUNS", "3")
+            .spawn()
+    };
+    let a = replica("replica-a").await;
+    let mut b = replica("replica-b").await;
+    let token = a.token("fleet@example.com").await;
+
+    // Ten deployments through alternating replicas; every machine boots for 3 s.
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let via = if i % 2 == 0 { &a } else { &b };
+        let created = provision(via, &token, json!({"name": format!("d{i}"), "provider": "local", "variables": {"boot_delay_seconds": 3}})).await;
+        ids.push(created["deployment"]["id"].as_str().unwrap().to_owned());
+    }
+    // Every deployment's events, as replica A's SSE streams them, whoever runs them.
+    let streams: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let request = a
+                .client
+                .get(a.url(&format!("/infrastructure/{id}/events")))
+                .bearer_auth(&token)
+                .send();
+            async move { read_events_until_finished(request.await.unwrap()).await }
+        })
+        .map(tokio::spawn)
+        .collect();
+
+    // Kill B while it runs something: find a run B holds.
+    let started = Instant::now();
+    let victim = loop {
+        let mut found = None;
+        for id in &ids {
+            let deployment =
+                json_ok(a.get(&format!("/infrastructure/{id}"), Some(&token)).await).await;
+            let run = &deployment["latest_run"];
+            if run["status"] == "running" {
+                let detail = json_ok(
+                    a.get(
+                        &format!("/infrastructure/{id}/runs/{}", run["id"].as_str().unwrap()),
+                        Some(&token),
+                    )
+                    .await,
+                )
+                .await;
+                if detail["events"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|e| e["data"]["worker"] == "replica-b")
+                {
+                    found = Some(id.clone());
+                    break;
+                }
+            }
+        }
+        if let Some(id) = found {
+            break id;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "replica B never ran anything");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    b.kill9();
+
+    for id in &ids {
+        let ready = wait_status(&a, &token, id, "ready").await;
+        assert_eq!(ready["machines"].as_array().unwrap().len(), 1);
+    }
+    // A's event streams saw runs executing on B (before it died) and on A.
+    let mut workers_seen = HashSet::new();
+    for stream in streams {
+        for (_, kind, data) in stream.await.unwrap() {
+            if kind == "status" {
+                if let Some(worker) = data["worker"].as_str() {
+                    workers_seen.insert(worker.to_owned());
+                }
+            }
+        }
+    }
+    assert!(
+        workers_seen.contains("replica-b") && workers_seen.contains("replica-a"),
+        "{workers_seen:?}"
+    );
+
+    // Each run executed once: one `terraform apply` per run; the killed one was re-queued once.
+    let mut interrupted = 0;
+    for id in &ids {
+        let runs = json_ok(a.get(&format!("/infrastructure/{id}/runs"), Some(&token)).await).await;
+        for run in runs["items"].as_array().unwrap() {
+            let detail = json_ok(
+                a.get(
+                    &format!("/infrastructure/{id}/runs/{}", run["id"].as_str().unwrap()),
+                    Some(&token),
+                )
+                .await,
+            )
+            .await;
+            let applies = detail["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["data"]["message"] == "terraform apply")
+                .count();
+            assert!(applies <= 1, "run {} ran apply {applies} times", run["id"]);
+            match run["status"].as_str().unwrap() {
+                "succeeded" => assert_eq!(applies, 1),
+                "interrupted" => interrupted += 1,
+                other => panic!("unexpected run status {other}"),
+            }
+        }
+        let statuses: HashMap<_, _> = runs["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["status"].as_str().unwrap().to_owned(), r["attempt"].clone()))
+            .collect();
+        if id == &victim {
+            assert_eq!(statuses.get("interrupted"), Some(&json!(0)), "{runs:#}");
+            assert_eq!(statuses.get("succeeded"), Some(&json!(1)), "{runs:#}");
+        }
+    }
+    assert!(interrupted >= 1);
+
+    // Exactly one agent per deployment, whoever started it.
+    let b_dir = b.dir.path().to_string_lossy().into_owned();
+    let a_dir = a.dir.path().to_string_lossy().into_owned();
+    let agents = processes_mentioning(&a_dir).len() + processes_mentioning(&b_dir).len();
+    assert_eq!(agents, 10);
+    for id in &ids {
+        a.delete_as(&token, &format!("/infrastructure/{id}")).await;
+    }
+    for id in &ids {
+        wait_status(&a, &token, id, "destroyed").await;
+    }
+    assert_eq!(processes_mentioning(&a_dir).len() + processes_mentioning(&b_dir).len(), 0);
+}
