@@ -51,6 +51,9 @@ impl CommandResultRow {
     }
 }
 
+/// A page of commands, and `(command id, result status)` for every result of those commands.
+pub type CommandsPage = (Vec<CommandRow>, Vec<(Uuid, String)>);
+
 const COMMAND_COLUMNS: &str =
     "id, deployment_id, owner_id, request, status, cancel_requested_at, created_at, finished_at";
 
@@ -129,7 +132,7 @@ impl Store {
         deployment_id: Uuid,
         before: Option<Uuid>,
         limit: u32,
-    ) -> StoreResult<(Vec<CommandRow>, Vec<(Uuid, String)>)> {
+    ) -> StoreResult<CommandsPage> {
         let page = "SELECT id FROM commands WHERE deployment_id = $1 AND ($2 IS NULL OR id < $2) \
                     ORDER BY id DESC LIMIT $3";
         let commands =

@@ -21,7 +21,7 @@ use sqlx::{
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
-pub use commands::{CommandResultRow, CommandRow};
+pub use commands::{CommandResultRow, CommandRow, CommandsPage};
 pub use deployments::{
     DeploymentQuery, DeploymentRow, DeploymentStatusText, MachineRow, NewMachine,
 };
