@@ -16,7 +16,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 use wire::Problem;
 
-use super::{ApiError, AppState, Json, Path, Query};
+use super::{ApiError, AppState, Json, Path, Query, infrastructure::page_limit};
 use crate::{
     domain::{CommandStatus, ResultStatus},
     services::{
@@ -36,9 +36,6 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
 
 /// The path of the waiting POST, which the request time limit must not cut.
 pub(super) const SEND_COMMAND_PATH: &str = "/infrastructure/{id}/command";
-
-const DEFAULT_PAGE: u32 = 20;
-const MAX_PAGE: u32 = 100;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -246,15 +243,7 @@ async fn list_commands(
     Path(id): Path<Uuid>,
     Query(params): Query<PageParams>,
 ) -> Result<Json<CommandPage>, ApiError> {
-    let limit = match params.limit.unwrap_or(DEFAULT_PAGE) {
-        limit @ 1..=MAX_PAGE => limit,
-        _ => {
-            return Err(ApiError::bad_request(
-                "invalid_query",
-                format!("limit must be between 1 and {MAX_PAGE}"),
-            ));
-        }
-    };
+    let limit = page_limit(params.limit)?;
     let rows = commands.list(user.id, id, params.before, limit).await?;
     let next_before =
         (rows.len() == limit as usize).then(|| rows.last().map(|(c, _)| c.id)).flatten();

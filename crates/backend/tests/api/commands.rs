@@ -108,7 +108,7 @@ fn stop_agent(app: &TestApp, id: &str, machine: &str) {
 /// Starts a local machine's agent again from its config, as `terraform/local` does.
 fn start_agent(app: &TestApp, id: &str, machine: &str) {
     let dir = machine_dir(app, id, machine);
-    let child = Command::new("setsid")
+    let mut child = Command::new("setsid")
         .arg(agent_binary())
         .arg("--config")
         .arg(dir.join("agent.json"))
@@ -117,7 +117,10 @@ fn start_agent(app: &TestApp, id: &str, machine: &str) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    // `setsid` execs the agent in place (the child is not a group leader), so this is its pid.
     std::fs::write(dir.join("agent.pid"), child.id().to_string()).unwrap();
+    // Reaped when it exits; the test app's teardown kills it with the other agents.
+    std::thread::spawn(move || child.wait());
 }
 
 #[tokio::test]
@@ -412,7 +415,6 @@ async fn stopped_agents_are_unreachable_to_commands_and_to_the_health_checker() 
     let app = app().provisioning().env("NIM_HEALTH_INTERVAL_SECS", "1").spawn().await;
     let token = app.token("health@example.com").await;
     let id = ready_fleet(&app, &token, "patients").await;
-    let path = format!("/infrastructure/{id}");
 
     let healthy = wait_for(&app, &token, &id, "every machine healthy", |d| {
         d["machines"].as_array().unwrap().iter().all(|m| m["status"] == "healthy")
@@ -457,7 +459,6 @@ async fn stopped_agents_are_unreachable_to_commands_and_to_the_health_checker() 
     })
     .await;
     assert_eq!(recovered["degraded"], false);
-    let _ = path;
     let again = run(&app, &token, &id, json!({"argv": ["true"]})).await;
     assert_eq!(again["status"], "succeeded");
 }
@@ -517,11 +518,7 @@ async fn commands_need_a_ready_deployment() {
     )
     .await;
     assert!(problem["detail"].as_str().unwrap().contains("the deployment is failed"), "{problem}");
-    let missing = uuid_like();
-    assert_problem(send(&app, &token, &missing, json!({"argv": ["true"]})).await, 404, "not_found")
+    let missing = "0190c0de-0000-7000-8000-000000000000";
+    assert_problem(send(&app, &token, missing, json!({"argv": ["true"]})).await, 404, "not_found")
         .await;
-}
-
-fn uuid_like() -> String {
-    "0190c0de-0000-7000-8000-000000000000".to_owned()
 }
