@@ -223,6 +223,7 @@ async fn build_provisioning(config: &Config, store: Store) -> anyhow::Result<Pro
         agent_binary: std::fs::canonicalize(&agent_binary).unwrap_or(agent_binary),
         cancel_grace: std::time::Duration::from_secs(config.run_cancel_grace_secs),
         work_queued: Arc::new(tokio::sync::Notify::new()),
+        machines_ready: Arc::new(tokio::sync::Notify::new()),
         init_lock: Arc::new(tokio::sync::Mutex::new(())),
     })
 }

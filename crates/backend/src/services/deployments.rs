@@ -99,6 +99,9 @@ pub struct Provisioning {
     pub cancel_grace: std::time::Duration,
     /// Wakes the run worker when a run is queued.
     pub work_queued: Arc<Notify>,
+    /// Wakes the health checker when a deployment became ready, so its machines' health and
+    /// facts show at once rather than at the next interval.
+    pub machines_ready: Arc<Notify>,
     /// Held around every `terraform init`: the shared plugin cache is not safe for concurrent
     /// inits (plan and apply only read it).
     pub init_lock: Arc<tokio::sync::Mutex<()>>,

@@ -92,7 +92,7 @@ impl HealthChecker {
         Ok(count)
     }
 
-    /// Checks at every interval until `shutdown`.
+    /// Checks at every interval, and at once when a deployment became ready, until `shutdown`.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         loop {
             let round = tokio::select! {
@@ -104,6 +104,7 @@ impl HealthChecker {
             }
             tokio::select! {
                 () = tokio::time::sleep(self.interval) => {}
+                () = self.ctx.machines_ready.notified() => {}
                 () = shutdown.cancelled() => return Ok(()),
             }
         }

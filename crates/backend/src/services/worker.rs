@@ -546,6 +546,9 @@ impl RunWorker {
             .await?
         {
             tracing::info!(status = %status, deployment_status = %deployment, "run finished");
+            if deployment == DeploymentStatus::Ready {
+                self.ctx.machines_ready.notify_one();
+            }
             let _ = records.send(Record::Event(
                 "status",
                 json!({"deployment_status": deployment, "run_id": run.id, "run_status": status}),

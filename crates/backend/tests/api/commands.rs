@@ -129,7 +129,14 @@ async fn commands_run_on_all_machines_or_a_subset_and_report_failures_and_timeou
     let app = app().provisioning().env("NIM_REQUEST_TIMEOUT_SECS", "2").spawn().await;
     let token = app.token("ops@example.com").await;
     let id = ready_fleet(&app, &token, "fleet").await;
-    let deployment = json_ok(app.get(&format!("/infrastructure/{id}"), Some(&token)).await).await;
+    // The health checker (default interval 30 s) is woken when a deployment becomes ready.
+    let ready_at = Instant::now();
+    let deployment = wait_for(&app, &token, &id, "the first health check", |d| {
+        d["machines"].as_array().unwrap().iter().all(|m| m["status"] == "healthy")
+    })
+    .await;
+    assert!(ready_at.elapsed() < Duration::from_secs(25), "took {:?}", ready_at.elapsed());
+    assert!(deployment["machines"][0]["info"]["agent_version"].is_string(), "{deployment:#}");
 
     // Every machine, through a shell; each machine knows its name.
     let all =
