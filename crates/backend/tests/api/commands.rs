@@ -415,6 +415,31 @@ async fn max_errors_stops_the_rollout_and_cancel_stops_a_long_command() {
         .post_as(&token, &format!("/infrastructure/{id}/commands/{command_id}/cancel"), &json!({}))
         .await;
     assert_problem(again, 409, "command_not_running").await;
+
+    // A client that hangs up on a waiting call does not stop its command (cancel does).
+    let hung_up = app
+        .client
+        .post(app.url(&format!("/infrastructure/{id}/command")))
+        .bearer_auth(&token)
+        .timeout(Duration::from_millis(500))
+        .json(&json!({
+            "shell": "sleep 2; touch \"$MARKERS/finished-anyway\"",
+            "env": {"MARKERS": markers.to_string_lossy()},
+            "machines": ["local-0"],
+        }))
+        .send()
+        .await;
+    assert!(hung_up.is_err_and(|err| err.is_timeout()));
+    let history =
+        json_ok(app.get(&format!("/infrastructure/{id}/commands?limit=1"), Some(&token)).await)
+            .await;
+    let abandoned = history["items"][0]["id"].as_str().unwrap().to_owned();
+    let finished = wait_for_command(&app, &token, &id, &abandoned, "the abandoned command", |c| {
+        c["status"] != "running"
+    })
+    .await;
+    assert_eq!(finished["status"], "succeeded");
+    assert!(markers.join("finished-anyway").exists());
 }
 
 #[tokio::test]
@@ -528,4 +553,56 @@ async fn commands_need_a_ready_deployment() {
     let missing = "0190c0de-0000-7000-8000-000000000000";
     assert_problem(send(&app, &token, missing, json!({"argv": ["true"]})).await, 404, "not_found")
         .await;
+}
+
+#[tokio::test]
+async fn sigterm_interrupts_running_commands_and_records_them_before_exiting() {
+    let mut first = app().provisioning().spawn().await;
+    let token = first.token("sigterm@example.com").await;
+    let id = ready_fleet(&first, &token, "graceful").await;
+    let markers = first.dir.path().join("markers");
+    std::fs::create_dir_all(&markers).unwrap();
+    let response = first
+        .client
+        .post(first.url(&format!("/infrastructure/{id}/command?wait=false")))
+        .bearer_auth(&token)
+        .json(&json!({
+            "shell": "echo $$ > \"$MARKERS/$NIM_MACHINE.pid\"; sleep 60",
+            "env": {"MARKERS": markers.to_string_lossy()},
+        }))
+        .send()
+        .await
+        .unwrap();
+    let command_id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    wait_for_command(&first, &token, &id, &command_id, "every machine to run it", |c| {
+        c["summary"]["running"] == 5
+    })
+    .await;
+    let pid_file = markers.join("local-4.pid");
+    let started = Instant::now();
+    let pid: u32 = loop {
+        if let Some(pid) =
+            std::fs::read_to_string(&pid_file).ok().and_then(|t| t.trim().parse().ok())
+        {
+            break pid;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "local-4 never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+
+    let started = Instant::now();
+    assert!(first.terminate().success());
+    assert!(started.elapsed() < Duration::from_secs(10), "shutdown took {:?}", started.elapsed());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(pid) {
+        assert!(Instant::now() < deadline, "the interrupted command still runs");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let second = app().provisioning().dir(first.into_dir()).spawn().await;
+    let command = get_command(&second, &token, &id, &command_id).await;
+    assert_eq!(command["status"], "interrupted", "{command:#}");
+    assert_eq!(statuses(&command), ["interrupted"; 5]);
+    let error = command["results"][0]["error"].as_str().unwrap();
+    assert!(error.contains("shut down while it ran"), "{error}");
 }
