@@ -332,6 +332,15 @@ impl CommandService {
         }
     }
 
+    /// Drops a command from the running ones (its task ended, or it was never stored).
+    fn forget(&self, command_id: Uuid) {
+        let mut running = self.inner.running.lock().expect("never poisoned");
+        running.remove(&command_id);
+        if running.is_empty() {
+            self.inner.idle.notify_waiters();
+        }
+    }
+
     fn running_count(&self) -> usize {
         self.inner.running.lock().expect("never poisoned").len()
     }
@@ -417,32 +426,34 @@ impl CommandService {
                 ..CommandResultRow::default()
             })
             .collect();
-        self.inner.ctx.store.create_command(&command, &results).await?;
+        // Registered before it is stored, so a cancel can never find it stored but unregistered.
+        let cancel = CancellationToken::new();
+        self.inner.running.lock().expect("never poisoned").insert(command.id, cancel.clone());
+        if let Err(err) = self.inner.ctx.store.create_command(&command, &results).await {
+            self.forget(command.id);
+            return Err(err.into());
+        }
 
         let total = targets.len();
         let plan = Plan {
             command_id: command.id,
             exec: request.exec_request(command.id),
             timeout: request.timeout(),
-            concurrency: request.max_concurrency.map_or(64, |s| s.of(total)).max(1),
+            concurrency: request
+                .max_concurrency
+                .map_or(DEFAULT_MAX_CONCURRENCY as usize, |s| s.of(total))
+                .max(1),
             max_errors: request.max_errors.map_or(usize::MAX, |s| s.of(total)),
         };
-        let cancel = CancellationToken::new();
-        self.inner.running.lock().expect("never poisoned").insert(command.id, cancel.clone());
         let (done, finished) = oneshot::channel();
-        let inner = self.inner.clone();
+        let service = self.clone();
         tracing::info!(command_id = %command.id, machines = total, "command started");
         tokio::spawn(async move {
             let command_id = plan.command_id;
-            if let Err(err) = execute(&inner, plan, targets, cancel).await {
+            if let Err(err) = execute(&service.inner, plan, targets, cancel).await {
                 tracing::error!(%command_id, error = format!("{err:#}"), "failed to record a command; the next start marks it interrupted");
             }
-            let mut running = inner.running.lock().expect("never poisoned");
-            running.remove(&command_id);
-            if running.is_empty() {
-                inner.idle.notify_waiters();
-            }
-            drop(running);
+            service.forget(command_id);
             let _ = done.send(());
         });
         Ok(Started { command, results, finished })
