@@ -44,6 +44,33 @@ async fn run(app: &TestApp, token: &str, id: &str, body: Value) -> Value {
     json_ok(send(app, token, id, body).await).await
 }
 
+/// Sends a command with `wait=false`; checks the 202 and returns its body.
+async fn start(app: &TestApp, token: &str, id: &str, body: Value) -> (Value, String) {
+    let response = app
+        .client
+        .post(app.url(&format!("/infrastructure/{id}/command?wait=false")))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    (response.json().await.unwrap(), location)
+}
+
+/// The pid a command wrote into `file` (`echo $$ > file`), once it has.
+async fn read_pid(file: &std::path::Path) -> u32 {
+    let started = Instant::now();
+    loop {
+        if let Some(pid) = std::fs::read_to_string(file).ok().and_then(|t| t.trim().parse().ok()) {
+            return pid;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{} never appeared", file.display());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn machine_names(command: &Value) -> Vec<&str> {
     command["results"].as_array().unwrap().iter().map(|r| r["machine"].as_str().unwrap()).collect()
 }
@@ -213,17 +240,8 @@ async fn commands_run_on_all_machines_or_a_subset_and_report_failures_and_timeou
     assert_eq!(long["status"], "succeeded", "{long:#}");
 
     // Async: 202 at once with the stored, pending command; the result is fetched later.
-    let response = app
-        .client
-        .post(app.url(&format!("/infrastructure/{id}/command?wait=false")))
-        .bearer_auth(&token)
-        .json(&json!({"shell": "sleep 1; echo later"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::ACCEPTED);
-    let location = response.headers()["location"].to_str().unwrap().to_owned();
-    let accepted: Value = response.json().await.unwrap();
+    let (accepted, location) =
+        start(&app, &token, &id, json!({"shell": "sleep 1; echo later"})).await;
     assert_eq!(accepted["status"], "running");
     assert_eq!(accepted["summary"]["pending"], 5);
     let async_id = accepted["id"].as_str().unwrap().to_owned();
@@ -353,40 +371,26 @@ async fn max_errors_stops_the_rollout_and_cancel_stops_a_long_command() {
     assert_eq!(statuses(&partial), ["succeeded", "failed", "skipped", "skipped", "skipped"]);
 
     // Cancel: two machines run a long command, three wait their turn.
-    let response = app
-        .client
-        .post(app.url(&format!("/infrastructure/{id}/command?wait=false")))
-        .bearer_auth(&token)
-        .json(&json!({
+    let (accepted, _) = start(
+        &app,
+        &token,
+        &id,
+        json!({
             "shell": "echo $$ > \"$MARKERS/$NIM_MACHINE.pid\"; sleep 60",
             "env": {"MARKERS": markers.to_string_lossy()},
             "max_concurrency": 2,
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::ACCEPTED);
-    let command_id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+        }),
+    )
+    .await;
+    let command_id = accepted["id"].as_str().unwrap().to_owned();
     wait_for_command(&app, &token, &id, &command_id, "two machines to run it", |c| {
         c["summary"]["running"] == 2 && c["summary"]["pending"] == 3
     })
     .await;
-    let pids: Vec<u32> = ["local-0", "local-1"]
-        .iter()
-        .map(|m| {
-            let file = markers.join(format!("{m}.pid"));
-            let started = Instant::now();
-            loop {
-                if let Ok(text) = std::fs::read_to_string(&file) {
-                    if let Ok(pid) = text.trim().parse() {
-                        return pid;
-                    }
-                }
-                assert!(started.elapsed() < Duration::from_secs(10), "{m} never started");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        })
-        .collect();
+    let pids = [
+        read_pid(&markers.join("local-0.pid")).await,
+        read_pid(&markers.join("local-1.pid")).await,
+    ];
     assert!(pids.iter().all(|pid| alive(*pid)));
 
     let started = Instant::now();
@@ -500,16 +504,10 @@ async fn a_backend_restart_leaves_a_running_command_interrupted_with_what_had_fi
     let mut first = app().provisioning().spawn().await;
     let token = first.token("restart@example.com").await;
     let id = ready_fleet(&first, &token, "phoenix").await;
-    let response = first
-        .client
-        .post(first.url(&format!("/infrastructure/{id}/command?wait=false")))
-        .bearer_auth(&token)
-        .json(&json!({"shell": "[ \"$NIM_MACHINE\" = local-0 ] || sleep 60"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::ACCEPTED);
-    let command_id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let (accepted, _) =
+        start(&first, &token, &id, json!({"shell": "[ \"$NIM_MACHINE\" = local-0 ] || sleep 60"}))
+            .await;
+    let command_id = accepted["id"].as_str().unwrap().to_owned();
     wait_for_command(&first, &token, &id, &command_id, "local-0 to finish", |c| {
         c["results"][0]["status"] == "succeeded" && c["summary"]["running"] == 4
     })
@@ -562,33 +560,22 @@ async fn sigterm_interrupts_running_commands_and_records_them_before_exiting() {
     let id = ready_fleet(&first, &token, "graceful").await;
     let markers = first.dir.path().join("markers");
     std::fs::create_dir_all(&markers).unwrap();
-    let response = first
-        .client
-        .post(first.url(&format!("/infrastructure/{id}/command?wait=false")))
-        .bearer_auth(&token)
-        .json(&json!({
+    let (accepted, _) = start(
+        &first,
+        &token,
+        &id,
+        json!({
             "shell": "echo $$ > \"$MARKERS/$NIM_MACHINE.pid\"; sleep 60",
             "env": {"MARKERS": markers.to_string_lossy()},
-        }))
-        .send()
-        .await
-        .unwrap();
-    let command_id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+        }),
+    )
+    .await;
+    let command_id = accepted["id"].as_str().unwrap().to_owned();
     wait_for_command(&first, &token, &id, &command_id, "every machine to run it", |c| {
         c["summary"]["running"] == 5
     })
     .await;
-    let pid_file = markers.join("local-4.pid");
-    let started = Instant::now();
-    let pid: u32 = loop {
-        if let Some(pid) =
-            std::fs::read_to_string(&pid_file).ok().and_then(|t| t.trim().parse().ok())
-        {
-            break pid;
-        }
-        assert!(started.elapsed() < Duration::from_secs(10), "local-4 never started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let pid = read_pid(&markers.join("local-4.pid")).await;
 
     let started = Instant::now();
     assert!(first.terminate().success());
