@@ -451,7 +451,20 @@ impl CommandService {
         tokio::spawn(async move {
             let command_id = plan.command_id;
             if let Err(err) = execute(&service.inner, plan, targets, cancel).await {
-                tracing::error!(%command_id, error = format!("{err:#}"), "failed to record a command; the next start marks it interrupted");
+                tracing::error!(%command_id, error = format!("{err:#}"), "failed to record a command's progress");
+                // Its results can no longer be trusted to arrive: end it now if the database
+                // answers again, else the next start marks it interrupted.
+                let leftover = (
+                    ResultStatus::Interrupted,
+                    "the backend failed to record this machine's result".to_owned(),
+                );
+                let store = &service.inner.ctx.store;
+                if let Err(err) = store
+                    .finish_command(command_id, CommandStatus::Interrupted, leftover, Utc::now())
+                    .await
+                {
+                    tracing::error!(%command_id, error = %err, "failed to end a command; the next start marks it interrupted");
+                }
             }
             service.forget(command_id);
             let _ = done.send(());
