@@ -120,19 +120,22 @@ CREATE TABLE IF NOT EXISTS nim.run_events (
 CREATE INDEX IF NOT EXISTS run_events_deployment_idx ON nim.run_events (deployment_id, id);
 
 CREATE TABLE IF NOT EXISTS nim.commands (
-    id            uuid PRIMARY KEY,
-    deployment_id uuid NOT NULL REFERENCES nim.deployments (id) ON DELETE CASCADE,
-    owner_id      uuid NOT NULL,
-    request       jsonb NOT NULL,
-    status        text NOT NULL CHECK (status IN
-                      ('running', 'succeeded', 'failed', 'partial', 'timed_out', 'cancelled', 'interrupted')),
-    created_at    timestamptz NOT NULL,
-    finished_at   timestamptz
+    id                  uuid PRIMARY KEY,
+    deployment_id       uuid NOT NULL REFERENCES nim.deployments (id) ON DELETE CASCADE,
+    owner_id            uuid NOT NULL,
+    request             jsonb NOT NULL,
+    status              text NOT NULL CHECK (status IN
+                            ('running', 'succeeded', 'failed', 'partial', 'timed_out', 'cancelled', 'interrupted')),
+    cancel_requested_at timestamptz,
+    created_at          timestamptz NOT NULL,
+    finished_at         timestamptz
 );
-CREATE INDEX IF NOT EXISTS commands_deployment_created_idx ON nim.commands (deployment_id, created_at);
+CREATE INDEX IF NOT EXISTS commands_deployment_id_idx ON nim.commands (deployment_id, id);
+CREATE INDEX IF NOT EXISTS commands_status_idx ON nim.commands (status);
 
 CREATE TABLE IF NOT EXISTS nim.command_results (
     command_id  uuid NOT NULL REFERENCES nim.commands (id) ON DELETE CASCADE,
+    seq         bigint NOT NULL,
     machine     text NOT NULL,
     address     text,
     status      text NOT NULL CHECK (status IN

@@ -15,8 +15,10 @@ use crate::{
     services::{
         auth::{AuthService, JwtKeys, LocalAuth, SupabaseAuth, SupabaseOptions},
         cloud_client::{CloudClientConfig, CloudClientService},
+        commands::CommandService,
         deployments::Provisioning,
         events::EventBus,
+        health::HealthChecker,
         terraform::{ModuleCatalog, Terraform},
         worker::{RunWorker, WorkerSettings},
     },
@@ -31,6 +33,8 @@ pub struct Application {
     config: Config,
     worker: RunWorker,
     bus: EventBus,
+    health: HealthChecker,
+    commands: CommandService,
     shutdown: CancellationToken,
 }
 
@@ -51,6 +55,14 @@ impl Application {
         let provisioning = build_provisioning(&config, store.clone()).await?;
         let bus = EventBus::default();
         let cloud = Arc::new(CloudClientService::new(CloudClientConfig::default()));
+        let shutdown = CancellationToken::new();
+        let commands = CommandService::new(provisioning.clone(), cloud.clone(), shutdown.clone());
+        let health = HealthChecker::new(
+            provisioning.clone(),
+            cloud.clone(),
+            Duration::from_secs(config.health_interval_secs),
+            config.health_concurrency as usize,
+        );
         let worker = RunWorker::new(
             provisioning.clone(),
             cloud,
@@ -69,6 +81,10 @@ impl Application {
         if recovered > 0 {
             tracing::warn!(runs = recovered, "found runs interrupted by the last stop");
         }
+        let interrupted = commands.recover().await?;
+        if interrupted > 0 {
+            tracing::warn!(commands = interrupted, "found commands interrupted by the last stop");
+        }
         let per_minute = NonZeroU32::new(config.auth_rate_limit_per_minute)
             .context("NIM_AUTH_RATE_LIMIT_PER_MINUTE must be at least 1")?;
         let state = AppState {
@@ -77,6 +93,7 @@ impl Application {
             auth_rate_limiter: Arc::new(AuthRateLimiter::per_minute(per_minute)),
             client_addr: ClientAddrSource { trust_forwarded_for: config.trust_forwarded_for },
             provisioning,
+            commands: commands.clone(),
             bus: bus.clone(),
             request_timeout: RequestTimeout(config.request_timeout()),
         };
@@ -85,15 +102,7 @@ impl Application {
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("failed to listen on {} (NIM_LISTEN)", config.listen))?;
-        Ok(Self {
-            listener,
-            router,
-            store,
-            config,
-            worker,
-            bus,
-            shutdown: CancellationToken::new(),
-        })
+        Ok(Self { listener, router, store, config, worker, bus, health, commands, shutdown })
     }
 
     /// The address actually bound (the real port when configured with port 0).
@@ -107,11 +116,14 @@ impl Application {
     }
 
     /// Serves until SIGTERM/SIGINT (or the shutdown token), then lets in-flight requests and
-    /// runs finish for up to the configured grace period. The HTTP server and the run worker are
-    /// sibling tasks: if either stops on its own, the other is stopped too and the cause reported.
+    /// runs finish for up to the configured grace period. The HTTP server, the run worker and the
+    /// health checker are sibling tasks: if one stops on its own, the others are stopped too and
+    /// the cause reported. Running commands are interrupted (their agents kill them) and
+    /// recorded as such before the server's last responses go out.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let addr = self.local_addr();
-        let Self { listener, router, store, config, worker, bus, shutdown } = self;
+        let Self { listener, router, store, config, worker, bus, health, commands, shutdown } =
+            self;
         tracing::info!(%addr, "listening");
 
         tokio::spawn(cancel_on_signal(shutdown.clone()));
@@ -121,6 +133,7 @@ impl Application {
                 .with_graceful_shutdown(async move { graceful.cancelled().await });
         let mut server = tokio::spawn(server.into_future());
         let mut worker = tokio::spawn(worker.run_until_stopped(shutdown.clone()));
+        let mut health = tokio::spawn(health.run_until_stopped(shutdown.clone()));
         // Other replicas' run events (Postgres only; returns at once on SQLite).
         let listener = {
             let (store, bus) = (store.clone(), bus.clone());
@@ -130,6 +143,7 @@ impl Application {
         let first = tokio::select! {
             result = &mut server => ("the HTTP server", result),
             result = &mut worker => ("the run worker", result.map(|r| r.map_err(std::io::Error::other))),
+            result = &mut health => ("the health checker", result.map(|r| r.map_err(std::io::Error::other))),
         };
         let mut result: anyhow::Result<()> = match first {
             (_, Ok(Ok(()))) if shutdown.is_cancelled() => Ok(()),
@@ -144,6 +158,10 @@ impl Application {
 
         let grace = config.shutdown_grace();
         let rest = async {
+            commands.wait_idle().await;
+            if !health.is_finished() {
+                let _ = (&mut health).await;
+            }
             if !server.is_finished() {
                 let _ = (&mut server).await;
             }
@@ -158,6 +176,7 @@ impl Application {
             );
             server.abort();
             worker.abort();
+            health.abort();
             if result.is_ok() {
                 result = Ok(());
             }
@@ -217,6 +236,7 @@ async fn build_provisioning(config: &Config, store: Store) -> anyhow::Result<Pro
         agent_binary: std::fs::canonicalize(&agent_binary).unwrap_or(agent_binary),
         cancel_grace: std::time::Duration::from_secs(config.run_cancel_grace_secs),
         work_queued: Arc::new(tokio::sync::Notify::new()),
+        machines_ready: Arc::new(tokio::sync::Notify::new()),
         init_lock: Arc::new(tokio::sync::Mutex::new(())),
         state_database: store_is_postgres.then(|| config.database_url()),
     })

@@ -112,6 +112,14 @@ pub struct Config {
     #[arg(long, env = "NIM_READY_TIMEOUT_SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
     pub ready_timeout_secs: u64,
 
+    /// Seconds between two health checks of every ready deployment's machines.
+    #[arg(long, env = "NIM_HEALTH_INTERVAL_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub health_interval_secs: u64,
+
+    /// Machines' agents the health checker calls at once, across all deployments.
+    #[arg(long, env = "NIM_HEALTH_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub health_concurrency: u32,
+
     /// Key (32 bytes, base64) sealing secrets at rest: agent tokens, TLS keys, sensitive
     /// variables. Default: generated into `<data dir>/encryption-key`. Losing it loses them.
     #[arg(long, env = "NIM_ENCRYPTION_KEY", hide_env_values = true)]

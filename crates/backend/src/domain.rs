@@ -97,6 +97,97 @@ string_enum! {
     }
 }
 
+string_enum! {
+    /// Where a command sent to a deployment's machines is, rolled up from its machines' results
+    /// by [`CommandStatus::roll_up`].
+    CommandStatus {
+        /// Some machine has not finished yet.
+        Running = "running",
+        /// Every machine succeeded (exit 0).
+        Succeeded = "succeeded",
+        /// No machine succeeded, and not all of them timed out.
+        Failed = "failed",
+        /// Some machines succeeded and some did not (failed, timed out, unreachable, rejected or
+        /// skipped).
+        Partial = "partial",
+        /// No machine succeeded because every one of them timed out.
+        TimedOut = "timed_out",
+        /// It was cancelled before every machine finished.
+        Cancelled = "cancelled",
+        /// The backend stopped while it ran; the results that had finished are kept.
+        Interrupted = "interrupted",
+    }
+}
+
+string_enum! {
+    /// One machine's part of a command.
+    ResultStatus {
+        /// Not started yet (bounded by `max_concurrency`).
+        Pending = "pending",
+        /// Sent to the machine's agent; no answer yet.
+        Running = "running",
+        /// The command exited 0.
+        Succeeded = "succeeded",
+        /// The command exited non-zero or was killed, or the agent failed.
+        Failed = "failed",
+        /// The command ran past `timeout_s` and its process group was killed.
+        TimedOut = "timed_out",
+        /// The agent could not be reached (connection or TLS failure).
+        Unreachable = "unreachable",
+        /// The agent refused the request (wrong token, busy, invalid request).
+        Rejected = "rejected",
+        /// Never sent: `max_errors` machines had already failed.
+        Skipped = "skipped",
+        /// Never sent, or stopped while it ran, because the command was cancelled.
+        Cancelled = "cancelled",
+        /// The backend stopped before this machine's result arrived.
+        Interrupted = "interrupted",
+    }
+}
+
+impl ResultStatus {
+    /// Finished, one way or another.
+    pub fn is_final(self) -> bool {
+        !matches!(self, Self::Pending | Self::Running)
+    }
+
+    /// Counts towards `max_errors`.
+    pub fn is_error(self) -> bool {
+        matches!(self, Self::Failed | Self::TimedOut | Self::Unreachable | Self::Rejected)
+    }
+}
+
+impl CommandStatus {
+    /// The command's status from its machines' results, applied in this order:
+    ///
+    /// 1. a machine not finished yet → `running`;
+    /// 2. a machine `interrupted` → `interrupted`;
+    /// 3. a machine `cancelled` → `cancelled`;
+    /// 4. every machine `succeeded` → `succeeded`;
+    /// 5. none succeeded and every one `timed_out` → `timed_out`;
+    /// 6. none succeeded → `failed`;
+    /// 7. otherwise (some succeeded, some did not, `skipped` included) → `partial`.
+    pub fn roll_up(results: &[ResultStatus]) -> Self {
+        let any = |status: ResultStatus| results.contains(&status);
+        let all = |status: ResultStatus| results.iter().all(|r| *r == status);
+        if results.iter().any(|r| !r.is_final()) {
+            Self::Running
+        } else if any(ResultStatus::Interrupted) {
+            Self::Interrupted
+        } else if any(ResultStatus::Cancelled) {
+            Self::Cancelled
+        } else if all(ResultStatus::Succeeded) {
+            Self::Succeeded
+        } else if all(ResultStatus::TimedOut) {
+            Self::TimedOut
+        } else if !any(ResultStatus::Succeeded) {
+            Self::Failed
+        } else {
+            Self::Partial
+        }
+    }
+}
+
 impl DeploymentStatus {
     /// States a destroy may start from: any live state without a run in progress. The store
     /// refuses a second active run separately.
@@ -124,5 +215,30 @@ mod tests {
             assert_eq!(status.as_str().parse::<RunStatus>().unwrap(), *status);
         }
         assert!("bogus".parse::<RunKind>().unwrap_err().contains("RunKind"));
+    }
+
+    #[test]
+    fn a_commands_status_is_rolled_up_from_its_machines() {
+        use CommandStatus as C;
+        use ResultStatus as R;
+        let cases: &[(&[R], C)] = &[
+            (&[R::Succeeded, R::Succeeded], C::Succeeded),
+            (&[R::Succeeded, R::Running], C::Running),
+            (&[R::Succeeded, R::Pending], C::Running),
+            (&[R::Succeeded, R::Failed], C::Partial),
+            (&[R::Succeeded, R::Skipped], C::Partial),
+            (&[R::Succeeded, R::Unreachable], C::Partial),
+            (&[R::Succeeded, R::TimedOut], C::Partial),
+            (&[R::Failed, R::Failed], C::Failed),
+            (&[R::Failed, R::Skipped], C::Failed),
+            (&[R::TimedOut, R::Failed], C::Failed),
+            (&[R::TimedOut, R::TimedOut], C::TimedOut),
+            (&[R::Succeeded, R::Cancelled], C::Cancelled),
+            (&[R::Cancelled, R::Interrupted], C::Interrupted),
+            (&[R::Succeeded, R::Interrupted], C::Interrupted),
+        ];
+        for (results, expected) in cases {
+            assert_eq!(C::roll_up(results), *expected, "{results:?}");
+        }
     }
 }

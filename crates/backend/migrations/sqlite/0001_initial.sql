@@ -122,21 +122,28 @@ CREATE TABLE run_events (
 );
 CREATE INDEX run_events_deployment_idx ON run_events (deployment_id, id);
 
--- Commands sent to a deployment's machines, and one result per machine.
+-- Commands sent to a deployment's machines, and one result per machine. Both are written before
+-- anything is sent; each result is updated as its machine answers, so a backend that dies mid-way
+-- leaves what had finished (the next start marks the rest `interrupted`). `request` is the
+-- command as accepted, defaults filled in. Ids are UUIDv7, so `ORDER BY id` is creation order.
 CREATE TABLE commands (
-    id            BLOB PRIMARY KEY NOT NULL,
-    deployment_id BLOB NOT NULL REFERENCES deployments (id) ON DELETE CASCADE,
-    owner_id      BLOB NOT NULL,
-    request       TEXT NOT NULL,
-    status        TEXT NOT NULL CHECK (status IN
-                      ('running', 'succeeded', 'failed', 'partial', 'timed_out', 'cancelled', 'interrupted')),
-    created_at    TEXT NOT NULL,
-    finished_at   TEXT
+    id                  BLOB PRIMARY KEY NOT NULL,
+    deployment_id       BLOB NOT NULL REFERENCES deployments (id) ON DELETE CASCADE,
+    owner_id            BLOB NOT NULL,
+    request             TEXT NOT NULL,
+    status              TEXT NOT NULL CHECK (status IN
+                            ('running', 'succeeded', 'failed', 'partial', 'timed_out', 'cancelled', 'interrupted')),
+    cancel_requested_at TEXT,
+    created_at          TEXT NOT NULL,
+    finished_at         TEXT
 );
-CREATE INDEX commands_deployment_created_idx ON commands (deployment_id, created_at);
+CREATE INDEX commands_deployment_id_idx ON commands (deployment_id, id);
+CREATE INDEX commands_status_idx ON commands (status);
 
+-- `seq` is the machine's place in the command (the order results are shown in).
 CREATE TABLE command_results (
     command_id  BLOB NOT NULL REFERENCES commands (id) ON DELETE CASCADE,
+    seq         INTEGER NOT NULL,
     machine     TEXT NOT NULL,
     address     TEXT,
     status      TEXT NOT NULL CHECK (status IN

@@ -9,7 +9,7 @@ use axum::{
 };
 use wire::{FieldError, Problem, problem::PROBLEM_JSON};
 
-use crate::services::{auth::AuthError, deployments::DeploymentError};
+use crate::services::{auth::AuthError, commands::CommandError, deployments::DeploymentError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -218,6 +218,20 @@ impl From<DeploymentError> for ApiError {
             }
             DeploymentError::Store(err) => err.into(),
             DeploymentError::Internal(cause) => Self::Internal(cause),
+        }
+    }
+}
+
+impl From<CommandError> for ApiError {
+    fn from(err: CommandError) -> Self {
+        let detail = err.to_string();
+        match err {
+            CommandError::Validation(errors) => Self::validation(errors),
+            CommandError::NotFound => Self::not_found(detail),
+            CommandError::NotReady(_) => Self::Conflict { code: "deployment_not_ready", detail },
+            CommandError::NotRunning(_) => Self::Conflict { code: "command_not_running", detail },
+            CommandError::Store(err) => err.into(),
+            CommandError::Internal(cause) => Self::Internal(cause),
         }
     }
 }

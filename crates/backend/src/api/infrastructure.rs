@@ -284,7 +284,8 @@ impl From<RunEventRow> for EventView {
     }
 }
 
-fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
+/// A page size from `?limit=` (default 20, at most 100); shared by every paginated listing.
+pub(super) fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
     match limit.unwrap_or(DEFAULT_PAGE) {
         limit @ 1..=MAX_PAGE => Ok(limit),
         _ => Err(ApiError::bad_request(

@@ -2,6 +2,7 @@
 //! service calls and domain errors into problem+json.
 
 mod auth;
+mod commands;
 mod docs;
 mod error;
 mod extract;
@@ -21,7 +22,9 @@ pub use rate_limit::AuthRateLimiter;
 pub use router::{openapi, router};
 
 use crate::{
-    services::{auth::AuthService, deployments::Provisioning, events::EventBus},
+    services::{
+        auth::AuthService, commands::CommandService, deployments::Provisioning, events::EventBus,
+    },
     store::Store,
 };
 
@@ -33,6 +36,7 @@ pub struct AppState {
     pub auth_rate_limiter: Arc<AuthRateLimiter>,
     pub client_addr: ClientAddrSource,
     pub provisioning: Provisioning,
+    pub commands: CommandService,
     pub bus: EventBus,
     pub request_timeout: RequestTimeout,
 }

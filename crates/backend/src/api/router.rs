@@ -7,7 +7,7 @@ use std::{any::Any, sync::Arc, time::Duration};
 
 use axum::{
     Extension, Router,
-    extract::{DefaultBodyLimit, Request},
+    extract::{DefaultBodyLimit, MatchedPath, Request},
     http::{HeaderName, HeaderValue, Method, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -26,7 +26,7 @@ use utoipa::{
 use utoipa_axum::router::OpenApiRouter;
 use wire::{FieldError, Problem};
 
-use super::{ApiError, AppState, auth, docs, health, infrastructure};
+use super::{ApiError, AppState, auth, commands, docs, health, infrastructure};
 use crate::config::Config;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -42,6 +42,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
     tags(
         (name = "auth", description = "Sign up, log in, refresh and log out"),
         (name = "infrastructure", description = "Provider modules, deployments, runs and their events"),
+        (name = "commands", description = "Commands run on a deployment's machines, and their history"),
         (name = "health", description = "Liveness and readiness probes"),
         (name = "docs", description = "This API's description"),
     )
@@ -72,6 +73,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .merge(health::router())
         .merge(auth::router())
         .merge(infrastructure::router())
+        .merge(commands::router())
         .merge(docs::router())
 }
 
@@ -151,9 +153,23 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
     Some(layer)
 }
 
+/// Routes the request time limit does not apply to, each bounded some other way: a waiting
+/// command lasts as long as its command (at most `timeout_s` per machine and round of
+/// `max_concurrency`). (Streams such as SSE need no entry: the limit ends when the response
+/// head is sent.)
+const UNTIMED_ROUTES: &[(Method, &str)] = &[(Method::POST, commands::SEND_COMMAND_PATH)];
+
 /// Answers 503 `request_timeout` when a request outlives the configured limit. Dropping the
-/// handler's future cancels its work at the next await point.
+/// handler's future cancels its work at the next await point. The layer runs after routing, so
+/// the matched route decides whether it is one of [`UNTIMED_ROUTES`].
 async fn time_limit(limit: Duration, request: Request, next: Next) -> Response {
+    let matched = request.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
+    if UNTIMED_ROUTES
+        .iter()
+        .any(|(method, path)| request.method() == method && matched == Some(path))
+    {
+        return next.run(request).await;
+    }
     match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
         Err(_) => {
@@ -244,6 +260,13 @@ mod tests {
         assert!(offenders.is_empty(), "undocumented routes: {offenders:?}");
         // And the document covers the probes, so the scan above is not vacuous.
         let doc = openapi();
+        for (method, path) in UNTIMED_ROUTES {
+            let item = doc.paths.paths.get(*path).unwrap_or_else(|| panic!("{path} is not served"));
+            assert!(
+                *method == Method::POST && item.post.is_some(),
+                "{method} {path} is not served"
+            );
+        }
         assert!(doc.paths.paths.contains_key("/healthz"));
         assert!(doc.paths.paths.contains_key("/auth/login"));
     }

@@ -50,12 +50,17 @@ pub struct AgentTarget {
 }
 
 impl AgentTarget {
-    fn base_url(&self) -> String {
+    /// `host:port`, with an IPv6 host in brackets.
+    pub fn address(&self) -> String {
         if self.host.contains(':') && !self.host.starts_with('[') {
-            format!("https://[{}]:{}", self.host, self.port)
+            format!("[{}]:{}", self.host, self.port)
         } else {
-            format!("https://{}:{}", self.host, self.port)
+            format!("{}:{}", self.host, self.port)
         }
+    }
+
+    fn base_url(&self) -> String {
+        format!("https://{}", self.address())
     }
 }
 
@@ -350,16 +355,7 @@ impl CloudClientService {
         request: &ExecRequest,
         options: &ExecOptions,
     ) -> Vec<MachineResult<ExecResponse>> {
-        let mut request = request.clone();
-        let command_timeout = match request.timeout_ms {
-            Some(ms) => Duration::from_millis(ms),
-            None => {
-                request.timeout_ms =
-                    Some(u64::try_from(options.timeout.as_millis()).unwrap_or(u64::MAX));
-                options.timeout
-            }
-        };
-        let call_timeout = command_timeout + self.config.exec_response_margin;
+        let (request, call_timeout) = self.exec_call(request, options.timeout);
         let request = &request;
         self.fan_out(
             machines,
@@ -368,6 +364,38 @@ impl CloudClientService {
             exec_status,
         )
         .await
+    }
+
+    /// Runs one command on one machine. Dropping the future hangs up on the agent, which kills
+    /// the command's process group: that is how a command is stopped early.
+    pub async fn exec_one(
+        &self,
+        machine: &AgentTarget,
+        request: &ExecRequest,
+        timeout: Duration,
+    ) -> MachineResult<ExecResponse> {
+        let (request, call_timeout) = self.exec_call(request, timeout);
+        let request = &request;
+        self.call_one(
+            machine.clone(),
+            |agent| async move { agent.exec(request, call_timeout).await },
+            exec_status,
+        )
+        .await
+    }
+
+    /// The request as sent (with `timeout_ms` set from `timeout` when it has none) and the bound
+    /// on the whole call.
+    fn exec_call(&self, request: &ExecRequest, timeout: Duration) -> (ExecRequest, Duration) {
+        let mut request = request.clone();
+        let command_timeout = match request.timeout_ms {
+            Some(ms) => Duration::from_millis(ms),
+            None => {
+                request.timeout_ms = Some(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
+                timeout
+            }
+        };
+        (request, command_timeout + self.config.exec_response_margin)
     }
 
     /// Polls every machine's health, backing off between rounds, until all have answered or the
@@ -414,6 +442,47 @@ impl CloudClientService {
         }
     }
 
+    /// One machine's call, judged into a [`MachineResult`].
+    async fn call_one<T, F, Fut>(
+        &self,
+        machine: AgentTarget,
+        call: F,
+        judge: fn(&T) -> (MachineStatus, Option<String>),
+    ) -> MachineResult<T>
+    where
+        F: Fn(AgentClient) -> Fut,
+        Fut: Future<Output = Result<T, AgentCallError>>,
+    {
+        let started = Instant::now();
+        let outcome = match self.agent(&machine).map(call) {
+            Ok(call) => call.await,
+            Err(err) => Err(err),
+        };
+        let elapsed = started.elapsed();
+        match outcome {
+            Ok(response) => {
+                let (status, error) = judge(&response);
+                MachineResult {
+                    machine: machine.name,
+                    status,
+                    response: Some(response),
+                    error,
+                    elapsed,
+                }
+            }
+            Err(err) => {
+                tracing::debug!(machine = %machine.name, error = %err, "agent call failed");
+                MachineResult {
+                    machine: machine.name,
+                    status: err.status(),
+                    response: None,
+                    error: Some(err.to_string()),
+                    elapsed,
+                }
+            }
+        }
+    }
+
     /// Calls every machine with at most `concurrency` calls in flight. Completion order does not
     /// matter: a slow machine holds only its own slot, never the others' results.
     async fn fan_out<'a, T, F, Fut>(
@@ -429,39 +498,9 @@ impl CloudClientService {
     {
         // Each call owns its target: a closure over borrowed targets makes the fan-out's future
         // fail rustc's `Send` proof when a caller spawns it (as the run worker and axum do).
-        let calls = machines.iter().cloned().enumerate().map(|(index, machine)| {
-            let started = Instant::now();
-            let outcome = self.agent(&machine).map(&call);
-            async move {
-                let outcome = match outcome {
-                    Ok(call) => call.await,
-                    Err(err) => Err(err),
-                };
-                let elapsed = started.elapsed();
-                let result = match outcome {
-                    Ok(response) => {
-                        let (status, error) = judge(&response);
-                        MachineResult {
-                            machine: machine.name.clone(),
-                            status,
-                            response: Some(response),
-                            error,
-                            elapsed,
-                        }
-                    }
-                    Err(err) => {
-                        tracing::debug!(machine = %machine.name, error = %err, "agent call failed");
-                        MachineResult {
-                            machine: machine.name.clone(),
-                            status: err.status(),
-                            response: None,
-                            error: Some(err.to_string()),
-                            elapsed,
-                        }
-                    }
-                };
-                (index, result)
-            }
+        let call = &call;
+        let calls = machines.iter().cloned().enumerate().map(|(index, machine)| async move {
+            (index, self.call_one(machine, call, judge).await)
         });
         let mut results: Vec<(usize, MachineResult<T>)> =
             stream::iter(calls).buffer_unordered(concurrency.max(1)).collect().await;

@@ -17,14 +17,15 @@ use wire::FieldError;
 
 use super::{
     certs::mint_deployment_cert,
+    cloud_client::{AgentCredentials, AgentTarget},
     terraform::{Exit, Module, ModuleCatalog, StopSignals, Terraform, Workspace},
 };
 use crate::{
     domain::{DeploymentStatus, RunKind},
     secrets::SecretBox,
     store::{
-        DeploymentQuery, DeploymentRow, DeploymentStatusText, MachineRow, RunEventRow, RunRow,
-        Store, StoreError,
+        DeploymentQuery, DeploymentRow, DeploymentStatusText, MachineRow, NewMachine, RunEventRow,
+        RunRow, Store, StoreError,
     },
 };
 
@@ -97,6 +98,9 @@ pub struct Provisioning {
     pub cancel_grace: std::time::Duration,
     /// Wakes the run worker when a run is queued.
     pub work_queued: Arc<Notify>,
+    /// Wakes the health checker when a deployment became ready, so its machines' health and
+    /// facts show at once rather than at the next interval.
+    pub machines_ready: Arc<Notify>,
     /// Held around every `terraform init`: the shared plugin cache is not safe for concurrent
     /// inits (plan and apply only read it).
     pub init_lock: Arc<tokio::sync::Mutex<()>>,
@@ -127,6 +131,39 @@ impl Provisioning {
         deployment: &DeploymentRow,
     ) -> anyhow::Result<DeploymentSecrets> {
         Ok(serde_json::from_slice(&self.secret_box.open(&deployment.secrets)?)?)
+    }
+
+    /// The agents of a deployment's machines, each reached at its public address (else its
+    /// private one) on its own port (else the deployment's), trusted through the deployment's
+    /// pinned certificate and token. Commands, the health checker and the run worker's readiness
+    /// gate all reach machines through this.
+    pub(crate) fn agent_targets(
+        &self,
+        deployment: &DeploymentRow,
+        machines: &[NewMachine],
+    ) -> anyhow::Result<Vec<AgentTarget>> {
+        let token = self.open_secrets(deployment)?.agent_token;
+        let credentials = Arc::new(AgentCredentials::new(&deployment.tls_cert, token.into())?);
+        let default_port = deployment
+            .backend_variables
+            .0
+            .get("agent_port")
+            .and_then(Value::as_u64)
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or(DEFAULT_AGENT_PORT);
+        Ok(machines
+            .iter()
+            .map(|machine| AgentTarget {
+                name: machine.name.clone(),
+                host: machine
+                    .public_ip
+                    .clone()
+                    .or_else(|| machine.private_ip.clone())
+                    .unwrap_or_default(),
+                port: machine.agent_port.unwrap_or(default_port),
+                credentials: credentials.clone(),
+            })
+            .collect())
     }
 
     /// The variables of a run: plain ones for `terraform.tfvars.json`, secrets as `TF_VAR_*`.

@@ -4,7 +4,9 @@
 pub mod auth;
 pub mod certs;
 pub mod cloud_client;
+pub mod commands;
 pub mod deployments;
 pub mod events;
+pub mod health;
 pub mod terraform;
 pub mod worker;

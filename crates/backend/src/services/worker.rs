@@ -19,8 +19,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{
-    cloud_client::{AgentCredentials, AgentTarget, CloudClientService},
-    deployments::{DEFAULT_AGENT_PORT, PG_BACKEND_OVERRIDE, Provisioning, init_args},
+    cloud_client::CloudClientService,
+    deployments::{PG_BACKEND_OVERRIDE, Provisioning, init_args},
     events::EventBus,
     terraform::{
         Exit, StopSignals, Workspace,
@@ -498,7 +498,7 @@ impl RunWorker {
                     .replace_machines(deployment.id, &machines, crate::domain::now())
                     .await?;
                 log(records, format!("waiting for {} agent(s) to answer", machines.len()));
-                self.wait_ready(&deployment, &secrets.agent_token, &machines, cancel).await
+                self.wait_ready(&deployment, &machines, cancel).await
             }
         }
     }
@@ -526,32 +526,10 @@ impl RunWorker {
     async fn wait_ready(
         &self,
         deployment: &DeploymentRow,
-        token: &str,
         machines: &[NewMachine],
         cancel: &CancellationToken,
     ) -> anyhow::Result<RunEnd> {
-        let credentials =
-            Arc::new(AgentCredentials::new(&deployment.tls_cert, token.to_owned().into())?);
-        let default_port = deployment
-            .backend_variables
-            .0
-            .get("agent_port")
-            .and_then(Value::as_u64)
-            .and_then(|p| u16::try_from(p).ok())
-            .unwrap_or(DEFAULT_AGENT_PORT);
-        let targets: Vec<AgentTarget> = machines
-            .iter()
-            .map(|machine| AgentTarget {
-                name: machine.name.clone(),
-                host: machine
-                    .public_ip
-                    .clone()
-                    .or_else(|| machine.private_ip.clone())
-                    .unwrap_or_default(),
-                port: machine.agent_port.unwrap_or(default_port),
-                credentials: credentials.clone(),
-            })
-            .collect();
+        let targets = self.ctx.agent_targets(deployment, machines)?;
         let deadline = std::time::Instant::now() + self.settings.ready_timeout;
         tokio::select! {
             ready = self.cloud.wait_ready(&targets, deadline) => match ready {
@@ -610,6 +588,9 @@ impl RunWorker {
             .await?
         {
             tracing::info!(status = %status, deployment_status = %deployment, "run finished");
+            if deployment == DeploymentStatus::Ready {
+                self.ctx.machines_ready.notify_one();
+            }
             let _ = records.send(Record::Event(
                 "status",
                 json!({"deployment_status": deployment, "run_id": run.id, "run_status": status}),

@@ -68,6 +68,17 @@ pub struct NewMachine {
     pub agent_port: Option<u16>,
 }
 
+impl From<&MachineRow> for NewMachine {
+    fn from(row: &MachineRow) -> Self {
+        Self {
+            name: row.name.clone(),
+            public_ip: row.public_ip.clone(),
+            private_ip: row.private_ip.clone(),
+            agent_port: row.agent_port.and_then(|p| u16::try_from(p).ok()),
+        }
+    }
+}
+
 const DEPLOYMENT_COLUMNS: &str = "id, owner_id, name, provider, status, status_reason, variables, \
     backend_variables, secrets, tls_cert, idempotency_key, request_hash, created_at, updated_at";
 
@@ -297,6 +308,40 @@ impl Store {
             "SELECT {MACHINE_COLUMNS} FROM machines WHERE deployment_id = $1 ORDER BY name"
         );
         Ok(on_db!(self, |pool| sqlx::query_as(&sql).bind(deployment_id).fetch_all(pool).await)?)
+    }
+
+    /// Every ready deployment and the machines of each, for the health checker (two queries
+    /// whatever the number of deployments).
+    #[tracing::instrument(skip_all)]
+    pub async fn ready_deployments_with_machines(
+        &self,
+    ) -> StoreResult<Vec<(DeploymentRow, Vec<MachineRow>)>> {
+        let deployments = format!(
+            "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE status = 'ready' ORDER BY id"
+        );
+        let machines = format!(
+            "SELECT {} FROM machines m JOIN deployments d ON d.id = m.deployment_id \
+             WHERE d.status = 'ready' ORDER BY m.deployment_id, m.name",
+            MACHINE_COLUMNS.split(", ").map(|c| format!("m.{c}")).collect::<Vec<_>>().join(", ")
+        );
+        let (deployments, machines): (Vec<DeploymentRow>, Vec<MachineRow>) =
+            on_db!(self, |pool| {
+                let deployments = sqlx::query_as(&deployments).fetch_all(pool).await?;
+                let machines = sqlx::query_as(&machines).fetch_all(pool).await?;
+                Ok::<_, sqlx::Error>((deployments, machines))
+            })?;
+        let mut grouped: std::collections::HashMap<Uuid, Vec<MachineRow>> =
+            std::collections::HashMap::new();
+        for machine in machines {
+            grouped.entry(machine.deployment_id).or_default().push(machine);
+        }
+        Ok(deployments
+            .into_iter()
+            .map(|d| {
+                let machines = grouped.remove(&d.id).unwrap_or_default();
+                (d, machines)
+            })
+            .collect())
     }
 
     /// Records what the health checker saw of a machine.

@@ -7,6 +7,7 @@
 //! Adding Postgres means adding a `Db` variant, its migrations and the few queries whose dialects
 //! really differ; services do not change.
 
+mod commands;
 mod deployments;
 mod runs;
 mod sessions;
@@ -21,6 +22,7 @@ use sqlx::{
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
+pub use commands::{CommandResultRow, CommandRow, CommandsPage};
 pub use deployments::{
     DeploymentQuery, DeploymentRow, DeploymentStatusText, MachineRow, NewMachine,
 };

@@ -5,6 +5,7 @@
 #![allow(unreachable_pub)]
 
 mod auth;
+mod commands;
 mod gotrue_stub;
 mod helpers;
 mod postgres;

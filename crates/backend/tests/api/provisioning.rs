@@ -15,7 +15,7 @@ use crate::helpers::{
 /// How long any run may take in these tests before they give up (a loaded 2-core machine).
 const RUN_WAIT: Duration = Duration::from_secs(120);
 
-async fn provision(app: &TestApp, token: &str, body: Value) -> Value {
+pub async fn provision(app: &TestApp, token: &str, body: Value) -> Value {
     let response = app.post_as(token, "/provision", &body).await;
     assert_eq!(
         response.status(),
@@ -27,7 +27,7 @@ async fn provision(app: &TestApp, token: &str, body: Value) -> Value {
 }
 
 /// Polls the deployment until `done(deployment)` holds.
-async fn wait_for(
+pub async fn wait_for(
     app: &TestApp,
     token: &str,
     id: &str,
@@ -49,7 +49,7 @@ async fn wait_for(
     }
 }
 
-async fn wait_for_status(app: &TestApp, token: &str, id: &str, status: &str) -> Value {
+pub async fn wait_for_status(app: &TestApp, token: &str, id: &str, status: &str) -> Value {
     wait_for(app, token, id, status, |d| d["status"] == status).await
 }
 

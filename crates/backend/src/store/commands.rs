@@ -1,0 +1,303 @@
+//! Commands sent to deployments' machines and their per-machine results.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::types::Json;
+use uuid::Uuid;
+
+use super::{Store, StoreError, StoreResult, on_db};
+use crate::domain::{CommandStatus, ResultStatus};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct CommandRow {
+    pub id: Uuid,
+    pub deployment_id: Uuid,
+    pub owner_id: Uuid,
+    pub request: Json<Value>,
+    pub status: String,
+    pub cancel_requested_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl CommandRow {
+    pub fn status(&self) -> CommandStatus {
+        self.status.parse().unwrap_or(CommandStatus::Failed)
+    }
+}
+
+/// One machine's part of a command, as stored.
+#[derive(Debug, Clone, Default, sqlx::FromRow)]
+pub struct CommandResultRow {
+    pub command_id: Uuid,
+    pub seq: i64,
+    pub machine: String,
+    pub address: Option<String>,
+    pub status: String,
+    pub exit_code: Option<i64>,
+    pub signal: Option<i64>,
+    pub stdout: Option<String>,
+    pub stderr: Option<String>,
+    pub truncated: bool,
+    pub duration_ms: Option<i64>,
+    pub error: Option<String>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl CommandResultRow {
+    pub fn status(&self) -> ResultStatus {
+        self.status.parse().unwrap_or(ResultStatus::Failed)
+    }
+}
+
+/// A page of commands, and `(command id, result status)` for every result of those commands.
+pub type CommandsPage = (Vec<CommandRow>, Vec<(Uuid, String)>);
+
+const COMMAND_COLUMNS: &str =
+    "id, deployment_id, owner_id, request, status, cancel_requested_at, created_at, finished_at";
+
+const RESULT_COLUMNS: &str = "command_id, seq, machine, address, status, exit_code, signal, \
+    stdout, stderr, truncated, duration_ms, error, started_at, finished_at";
+
+impl Store {
+    /// Stores a new command and one `pending` result per machine, in one transaction.
+    #[tracing::instrument(skip_all, fields(command_id = %command.id))]
+    pub async fn create_command(
+        &self,
+        command: &CommandRow,
+        results: &[CommandResultRow],
+    ) -> StoreResult<()> {
+        on_db!(self, |pool| async {
+            let mut tx = pool.begin().await?;
+            sqlx::query(&format!(
+                "INSERT INTO commands ({COMMAND_COLUMNS}) VALUES ($1, $2, $3, $4, $5, NULL, $6, NULL)"
+            ))
+            .bind(command.id)
+            .bind(command.deployment_id)
+            .bind(command.owner_id)
+            .bind(command.request.clone())
+            .bind(command.status.clone())
+            .bind(command.created_at)
+            .execute(&mut *tx)
+            .await?;
+            for result in results {
+                // Owned binds inside the loop (see `replace_machines`).
+                sqlx::query(
+                    "INSERT INTO command_results (command_id, seq, machine, address, status) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(command.id)
+                .bind(result.seq)
+                .bind(result.machine.clone())
+                .bind(result.address.clone())
+                .bind(result.status.clone())
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await
+        }
+        .await)
+        .map_err(StoreError::from)
+    }
+
+    /// A command of a deployment (the caller has checked the deployment's owner).
+    pub async fn find_command(
+        &self,
+        deployment_id: Uuid,
+        command_id: Uuid,
+    ) -> StoreResult<Option<CommandRow>> {
+        let sql =
+            format!("SELECT {COMMAND_COLUMNS} FROM commands WHERE id = $1 AND deployment_id = $2");
+        Ok(on_db!(self, |pool| sqlx::query_as(&sql)
+            .bind(command_id)
+            .bind(deployment_id)
+            .fetch_optional(pool)
+            .await)?)
+    }
+
+    /// A command's results in the order its machines were given.
+    pub async fn command_results(&self, command_id: Uuid) -> StoreResult<Vec<CommandResultRow>> {
+        let sql = format!(
+            "SELECT {RESULT_COLUMNS} FROM command_results WHERE command_id = $1 ORDER BY seq"
+        );
+        Ok(on_db!(self, |pool| sqlx::query_as(&sql).bind(command_id).fetch_all(pool).await)?)
+    }
+
+    /// A page of a deployment's commands, newest first, with every result's status (for their
+    /// summaries), without a query per command.
+    #[tracing::instrument(skip_all, fields(deployment_id = %deployment_id))]
+    pub async fn list_commands(
+        &self,
+        deployment_id: Uuid,
+        before: Option<Uuid>,
+        limit: u32,
+    ) -> StoreResult<CommandsPage> {
+        let page = "SELECT id FROM commands WHERE deployment_id = $1 AND ($2 IS NULL OR id < $2) \
+                    ORDER BY id DESC LIMIT $3";
+        let commands =
+            format!("SELECT {COMMAND_COLUMNS} FROM commands WHERE id IN ({page}) ORDER BY id DESC");
+        let statuses =
+            format!("SELECT command_id, status FROM command_results WHERE command_id IN ({page})");
+        Ok(on_db!(self, |pool| {
+            let rows = sqlx::query_as(&commands)
+                .bind(deployment_id)
+                .bind(before)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?;
+            let statuses = sqlx::query_as(&statuses)
+                .bind(deployment_id)
+                .bind(before)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?;
+            Ok::<_, sqlx::Error>((rows, statuses))
+        })?)
+    }
+
+    /// Marks a pending result `running`.
+    pub async fn start_command_result(
+        &self,
+        command_id: Uuid,
+        machine: String,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        on_db!(self, |pool| {
+            sqlx::query(
+                "UPDATE command_results SET status = 'running', started_at = $1 \
+                 WHERE command_id = $2 AND machine = $3 AND status = 'pending'",
+            )
+            .bind(now)
+            .bind(command_id)
+            .bind(machine)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected())
+        })?;
+        Ok(())
+    }
+
+    /// Records how one machine's part ended, unless it already had (never overwrites a final
+    /// status).
+    pub async fn finish_command_result(&self, result: CommandResultRow) -> StoreResult<()> {
+        on_db!(self, |pool| {
+            sqlx::query(
+                "UPDATE command_results SET status = $1, exit_code = $2, signal = $3, stdout = $4, \
+                 stderr = $5, truncated = $6, duration_ms = $7, error = $8, \
+                 started_at = COALESCE(started_at, $9), finished_at = $10 \
+                 WHERE command_id = $11 AND machine = $12 AND status IN ('pending', 'running')",
+            )
+            .bind(result.status)
+            .bind(result.exit_code)
+            .bind(result.signal)
+            .bind(result.stdout)
+            .bind(result.stderr)
+            .bind(result.truncated)
+            .bind(result.duration_ms)
+            .bind(result.error)
+            .bind(result.started_at)
+            .bind(result.finished_at)
+            .bind(result.command_id)
+            .bind(result.machine)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected())
+        })?;
+        Ok(())
+    }
+
+    /// Ends a running command: results not finished yet get `leftover` with `error`, then the
+    /// command gets `status`, in one transaction. `false` if it was not running any more.
+    #[tracing::instrument(skip_all, fields(command_id = %command_id, status = %status))]
+    pub async fn finish_command(
+        &self,
+        command_id: Uuid,
+        status: CommandStatus,
+        leftover: (ResultStatus, String),
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        on_db!(self, |pool| async {
+            let mut tx = pool.begin().await?;
+            let done = sqlx::query(
+                "UPDATE commands SET status = $1, finished_at = $2 WHERE id = $3 AND status = 'running'",
+            )
+            .bind(status.as_str())
+            .bind(now)
+            .bind(command_id)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() == 0 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            sqlx::query(
+                "UPDATE command_results SET status = $1, error = $2, finished_at = $3 \
+                 WHERE command_id = $4 AND status IN ('pending', 'running')",
+            )
+            .bind(leftover.0.as_str())
+            .bind(leftover.1)
+            .bind(now)
+            .bind(command_id)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(true)
+        }
+        .await)
+        .map_err(|err: sqlx::Error| StoreError::from(err))
+    }
+
+    /// Flags a running command for cancellation; `None` when it is not running (or not there).
+    #[tracing::instrument(skip_all, fields(command_id = %command_id))]
+    pub async fn request_command_cancel(
+        &self,
+        deployment_id: Uuid,
+        command_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<CommandRow>> {
+        let sql = format!(
+            "UPDATE commands SET cancel_requested_at = COALESCE(cancel_requested_at, $1) \
+             WHERE id = $2 AND deployment_id = $3 AND status = 'running' RETURNING {COMMAND_COLUMNS}"
+        );
+        Ok(on_db!(self, |pool| sqlx::query_as(&sql)
+            .bind(now)
+            .bind(command_id)
+            .bind(deployment_id)
+            .fetch_optional(pool)
+            .await)?)
+    }
+
+    /// Marks every running command `interrupted` (and its unfinished results), at the start of
+    /// an embedded backend: whatever was running belonged to the process that died. Returns how
+    /// many commands it marked.
+    #[tracing::instrument(skip_all)]
+    pub async fn interrupt_running_commands(
+        &self,
+        error: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        on_db!(self, |pool| async {
+            let mut tx = pool.begin().await?;
+            sqlx::query(
+                "UPDATE command_results SET status = 'interrupted', error = $1, finished_at = $2 \
+                 WHERE status IN ('pending', 'running') \
+                 AND command_id IN (SELECT id FROM commands WHERE status = 'running')",
+            )
+            .bind(error)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            let done = sqlx::query(
+                "UPDATE commands SET status = 'interrupted', finished_at = $1 WHERE status = 'running'",
+            )
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(done.rows_affected())
+        }
+        .await)
+        .map_err(|err: sqlx::Error| StoreError::from(err))
+    }
+}

@@ -1,0 +1,595 @@
+//! Commands against a real `terraform/local` deployment of five machines (real `nim-agent`
+//! processes on loopback, pinned TLS): all machines, a subset, failures, timeouts, the rollout
+//! controls, cancel, unreachable machines, async mode, history, the health checker, a backend
+//! restart mid-command, and ownership.
+
+use std::{
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::{
+    helpers::{TestApp, agent_binary, app, assert_problem, error_fields, json_ok},
+    provisioning::{provision, wait_for, wait_for_status},
+};
+
+const MACHINES: [&str; 5] = ["local-0", "local-1", "local-2", "local-3", "local-4"];
+
+/// Provisions `local` with five machines and waits until it is ready; returns its id.
+async fn ready_fleet(app: &TestApp, token: &str, name: &str) -> String {
+    let body = json!({"name": name, "provider": "local", "variables": {"machine_count": 5}});
+    let created = provision(app, token, body).await;
+    let id = created["deployment"]["id"].as_str().unwrap().to_owned();
+    wait_for_status(app, token, &id, "ready").await;
+    id
+}
+
+async fn send(app: &TestApp, token: &str, id: &str, body: Value) -> reqwest::Response {
+    app.client
+        .post(app.url(&format!("/infrastructure/{id}/command")))
+        .bearer_auth(token)
+        .timeout(Duration::from_secs(120))
+        .json(&body)
+        .send()
+        .await
+        .expect("request failed")
+}
+
+/// Sends a command, waits for its answer and checks it is a 200.
+async fn run(app: &TestApp, token: &str, id: &str, body: Value) -> Value {
+    json_ok(send(app, token, id, body).await).await
+}
+
+/// Sends a command with `wait=false`; checks the 202 and returns its body.
+async fn start(app: &TestApp, token: &str, id: &str, body: Value) -> (Value, String) {
+    let response = app
+        .client
+        .post(app.url(&format!("/infrastructure/{id}/command?wait=false")))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    (response.json().await.unwrap(), location)
+}
+
+/// The pid a command wrote into `file` (`echo $$ > file`), once it has.
+async fn read_pid(file: &std::path::Path) -> u32 {
+    let started = Instant::now();
+    loop {
+        if let Some(pid) = std::fs::read_to_string(file).ok().and_then(|t| t.trim().parse().ok()) {
+            return pid;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{} never appeared", file.display());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn machine_names(command: &Value) -> Vec<&str> {
+    command["results"].as_array().unwrap().iter().map(|r| r["machine"].as_str().unwrap()).collect()
+}
+
+fn statuses(command: &Value) -> Vec<&str> {
+    command["results"].as_array().unwrap().iter().map(|r| r["status"].as_str().unwrap()).collect()
+}
+
+async fn get_command(app: &TestApp, token: &str, id: &str, command_id: &str) -> Value {
+    json_ok(app.get(&format!("/infrastructure/{id}/commands/{command_id}"), Some(token)).await)
+        .await
+}
+
+/// Polls a command until `done(command)` holds.
+async fn wait_for_command(
+    app: &TestApp,
+    token: &str,
+    id: &str,
+    command_id: &str,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let started = Instant::now();
+    loop {
+        let command = get_command(app, token, id, command_id).await;
+        if done(&command) {
+            return command;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "gave up waiting for {what}: {command:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn machine_dir(app: &TestApp, id: &str, machine: &str) -> PathBuf {
+    app.dir.path().join(format!("data/deployments/{id}/modules/local/machines/{machine}"))
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie has no cmdline; it is gone for our purposes.
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
+}
+
+/// Stops a local machine's agent (its whole session) as a crashed VM would be.
+fn stop_agent(app: &TestApp, id: &str, machine: &str) {
+    let pid: u32 = std::fs::read_to_string(machine_dir(app, id, machine).join("agent.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let status = Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).status().unwrap();
+    assert!(status.success());
+    let started = Instant::now();
+    while alive(pid) {
+        assert!(started.elapsed() < Duration::from_secs(10), "agent {pid} survived SIGKILL");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Starts a local machine's agent again from its config, as `terraform/local` does.
+fn start_agent(app: &TestApp, id: &str, machine: &str) {
+    let dir = machine_dir(app, id, machine);
+    let mut child = Command::new("setsid")
+        .arg(agent_binary())
+        .arg("--config")
+        .arg(dir.join("agent.json"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // `setsid` execs the agent in place (the child is not a group leader), so this is its pid.
+    std::fs::write(dir.join("agent.pid"), child.id().to_string()).unwrap();
+    // Reaped when it exits; the test app's teardown kills it with the other agents.
+    std::thread::spawn(move || child.wait());
+}
+
+#[tokio::test]
+async fn commands_run_on_all_machines_or_a_subset_and_report_failures_and_timeouts() {
+    // A short request time limit: a waiting command must not be cut by it.
+    let app = app().provisioning().env("NIM_REQUEST_TIMEOUT_SECS", "2").spawn().await;
+    let token = app.token("ops@example.com").await;
+    let id = ready_fleet(&app, &token, "fleet").await;
+    // The health checker (default interval 30 s) is woken when a deployment becomes ready.
+    let ready_at = Instant::now();
+    let deployment = wait_for(&app, &token, &id, "the first health check", |d| {
+        d["machines"].as_array().unwrap().iter().all(|m| m["status"] == "healthy")
+    })
+    .await;
+    assert!(ready_at.elapsed() < Duration::from_secs(25), "took {:?}", ready_at.elapsed());
+    assert!(deployment["machines"][0]["info"]["agent_version"].is_string(), "{deployment:#}");
+
+    // Every machine, through a shell; each machine knows its name.
+    let all =
+        run(&app, &token, &id, json!({"shell": "echo hello from $NIM_MACHINE; echo note >&2"}))
+            .await;
+    assert_eq!(all["status"], "succeeded", "{all:#}");
+    assert_eq!(all["summary"]["total"], 5);
+    assert_eq!(all["summary"]["succeeded"], 5);
+    assert_eq!(machine_names(&all), MACHINES);
+    for (result, machine) in
+        all["results"].as_array().unwrap().iter().zip(deployment["machines"].as_array().unwrap())
+    {
+        assert_eq!(result["stdout"], format!("hello from {}\n", machine["name"].as_str().unwrap()));
+        assert_eq!(result["stderr"], "note\n");
+        assert_eq!(result["exit_code"], 0);
+        assert_eq!(result["address"], format!("127.0.0.1:{}", machine["agent_port"]));
+        assert!(result["duration_ms"].is_u64() && result["error"].is_null(), "{result}");
+    }
+    assert_eq!(all["request"]["timeout_s"], 60, "defaults are filled in");
+    assert_eq!(all["request"]["max_concurrency"], 64);
+
+    // A subset, in the order given; argv runs without a shell.
+    let subset = run(
+        &app,
+        &token,
+        &id,
+        json!({"argv": ["printf", "%s", "$HOME"], "machines": ["local-3", "local-1"]}),
+    )
+    .await;
+    assert_eq!(machine_names(&subset), ["local-3", "local-1"]);
+    assert_eq!(subset["results"][0]["stdout"], "$HOME");
+    assert_eq!(subset["summary"]["total"], 2);
+
+    // One machine fails: partial, with its exit code.
+    let partial = run(
+        &app,
+        &token,
+        &id,
+        json!({"shell": "if [ \"$NIM_MACHINE\" = local-2 ]; then echo broken >&2; exit 3; fi"}),
+    )
+    .await;
+    assert_eq!(partial["status"], "partial");
+    assert_eq!(statuses(&partial), ["succeeded", "succeeded", "failed", "succeeded", "succeeded"]);
+    assert_eq!(partial["results"][2]["exit_code"], 3);
+    assert_eq!(partial["results"][2]["stderr"], "broken\n");
+    assert_eq!(partial["summary"]["failed"], 1);
+    assert_eq!(partial["summary"]["succeeded"], 4);
+
+    // Every machine fails: failed (still HTTP 200).
+    let failed =
+        run(&app, &token, &id, json!({"argv": ["false"], "machines": ["local-0", "local-4"]}))
+            .await;
+    assert_eq!(failed["status"], "failed");
+    assert_eq!(failed["results"][1]["exit_code"], 1);
+
+    // A timeout kills the command and keeps what it printed.
+    let started = Instant::now();
+    let timed_out = run(
+        &app,
+        &token,
+        &id,
+        json!({"shell": "echo started; sleep 20", "timeout_s": 1, "machines": ["local-0", "local-1"]}),
+    )
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    assert_eq!(timed_out["status"], "timed_out");
+    assert_eq!(statuses(&timed_out), ["timed_out", "timed_out"]);
+    assert_eq!(timed_out["results"][0]["stdout"], "started\n");
+    assert_eq!(timed_out["results"][0]["signal"], 9);
+
+    // Longer than the request time limit (2 s): the waiting call is exempt from it.
+    let long =
+        run(&app, &token, &id, json!({"argv": ["sleep", "3"], "machines": ["local-4"]})).await;
+    assert_eq!(long["status"], "succeeded", "{long:#}");
+
+    // Async: 202 at once with the stored, pending command; the result is fetched later.
+    let (accepted, location) =
+        start(&app, &token, &id, json!({"shell": "sleep 1; echo later"})).await;
+    assert_eq!(accepted["status"], "running");
+    assert_eq!(accepted["summary"]["pending"], 5);
+    let async_id = accepted["id"].as_str().unwrap().to_owned();
+    assert_eq!(location, format!("/infrastructure/{id}/commands/{async_id}"));
+    let done = wait_for_command(&app, &token, &id, &async_id, "the async command", |c| {
+        c["status"] != "running"
+    })
+    .await;
+    assert_eq!(done["status"], "succeeded");
+    assert!(done["results"].as_array().unwrap().iter().all(|r| r["stdout"] == "later\n"));
+    assert!(done["finished_at"].is_string());
+
+    // Validation, before anything is stored.
+    let unknown =
+        send(&app, &token, &id, json!({"argv": ["true"], "machines": ["local-1", "web-9", "db"]}))
+            .await;
+    let problem = assert_problem(unknown, 422, "validation_failed").await;
+    assert_eq!(error_fields(&problem), ["machines[1]", "machines[2]"]);
+    assert!(problem["errors"][0]["message"].as_str().unwrap().contains("\"web-9\""), "{problem}");
+    for (body, field) in [
+        (json!({"argv": ["true"], "shell": "true"}), "shell"),
+        (json!({}), "argv"),
+        (json!({"argv": ["true"], "timeout_s": 3601}), "timeout_s"),
+        (json!({"argv": ["true"], "max_concurrency": "lots"}), "max_concurrency"),
+        (json!({"argv": ["true"], "max_errors": "0%"}), "max_errors"),
+        (json!({"argv": ["true"], "machines": []}), "machines"),
+        (json!({"argv": ["true"], "bogus": 1}), "bogus"),
+    ] {
+        let problem =
+            assert_problem(send(&app, &token, &id, body.clone()).await, 422, "validation_failed")
+                .await;
+        assert_eq!(error_fields(&problem), [field], "{body}");
+    }
+
+    // History: newest first, paginated, summaries without output.
+    let history =
+        json_ok(app.get(&format!("/infrastructure/{id}/commands"), Some(&token)).await).await;
+    let items = history["items"].as_array().unwrap();
+    assert_eq!(items.len(), 7);
+    assert_eq!(items[0]["id"], async_id.as_str());
+    assert_eq!(items[6]["id"], all["id"]);
+    assert_eq!(items[4]["status"], "partial");
+    assert_eq!(items[4]["summary"]["failed"], 1);
+    assert!(items[0].get("results").is_none());
+    assert!(history["next_before"].is_null());
+    let page =
+        json_ok(app.get(&format!("/infrastructure/{id}/commands?limit=4"), Some(&token)).await)
+            .await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 4);
+    let before = page["next_before"].as_str().unwrap();
+    let rest = json_ok(
+        app.get(&format!("/infrastructure/{id}/commands?limit=4&before={before}"), Some(&token))
+            .await,
+    )
+    .await;
+    assert_eq!(rest["items"].as_array().unwrap().len(), 3);
+    assert_eq!(rest["items"][2]["id"], all["id"]);
+    let stored = get_command(&app, &token, &id, all["id"].as_str().unwrap()).await;
+    assert_eq!(stored["results"], all["results"]);
+
+    // Another user's deployment and commands do not exist for them.
+    let other = app.token("stranger@example.com").await;
+    let command_id = all["id"].as_str().unwrap();
+    for path in [
+        format!("/infrastructure/{id}/commands"),
+        format!("/infrastructure/{id}/commands/{command_id}"),
+    ] {
+        assert_problem(app.get(&path, Some(&other)).await, 404, "not_found").await;
+    }
+    assert_problem(send(&app, &other, &id, json!({"argv": ["true"]})).await, 404, "not_found")
+        .await;
+    let cancel = app
+        .post_as(&other, &format!("/infrastructure/{id}/commands/{command_id}/cancel"), &json!({}))
+        .await;
+    assert_problem(cancel, 404, "not_found").await;
+    // And a finished command cannot be cancelled.
+    let cancel = app
+        .post_as(&token, &format!("/infrastructure/{id}/commands/{command_id}/cancel"), &json!({}))
+        .await;
+    let problem = assert_problem(cancel, 409, "command_not_running").await;
+    assert!(problem["detail"].as_str().unwrap().contains("succeeded"), "{problem}");
+}
+
+#[tokio::test]
+async fn max_errors_stops_the_rollout_and_cancel_stops_a_long_command() {
+    let app = app().provisioning().spawn().await;
+    let token = app.token("rollout@example.com").await;
+    let id = ready_fleet(&app, &token, "rollout").await;
+    let markers = app.dir.path().join("markers");
+    std::fs::create_dir_all(&markers).unwrap();
+    let markers_env = markers.to_string_lossy().into_owned();
+
+    // One machine at a time; after two failures the other three are never sent the command.
+    let stopped = run(
+        &app,
+        &token,
+        &id,
+        json!({
+            "shell": "touch \"$MARKERS/$NIM_MACHINE\"; exit 1",
+            "env": {"MARKERS": markers_env},
+            "max_concurrency": 1,
+            "max_errors": 2,
+        }),
+    )
+    .await;
+    assert_eq!(stopped["status"], "failed", "{stopped:#}");
+    assert_eq!(statuses(&stopped), ["failed", "failed", "skipped", "skipped", "skipped"]);
+    assert_eq!(stopped["summary"]["skipped"], 3);
+    assert!(stopped["results"][2]["error"].as_str().unwrap().contains("max_errors"));
+    assert!(stopped["results"][2]["started_at"].is_null());
+    let mut ran: Vec<_> = std::fs::read_dir(&markers)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    ran.sort();
+    assert_eq!(ran, ["local-0", "local-1"], "skipped machines must never run the command");
+
+    // Percentages of the targeted machines: 20% of 5 is one at a time and one error.
+    let partial = run(
+        &app,
+        &token,
+        &id,
+        json!({"shell": "[ \"$NIM_MACHINE\" != local-1 ]", "max_concurrency": "20%", "max_errors": "20%"}),
+    )
+    .await;
+    assert_eq!(partial["status"], "partial");
+    assert_eq!(statuses(&partial), ["succeeded", "failed", "skipped", "skipped", "skipped"]);
+
+    // Cancel: two machines run a long command, three wait their turn.
+    let (accepted, _) = start(
+        &app,
+        &token,
+        &id,
+        json!({
+            "shell": "echo $$ > \"$MARKERS/$NIM_MACHINE.pid\"; sleep 60",
+            "env": {"MARKERS": markers.to_string_lossy()},
+            "max_concurrency": 2,
+        }),
+    )
+    .await;
+    let command_id = accepted["id"].as_str().unwrap().to_owned();
+    wait_for_command(&app, &token, &id, &command_id, "two machines to run it", |c| {
+        c["summary"]["running"] == 2 && c["summary"]["pending"] == 3
+    })
+    .await;
+    let pids = [
+        read_pid(&markers.join("local-0.pid")).await,
+        read_pid(&markers.join("local-1.pid")).await,
+    ];
+    assert!(pids.iter().all(|pid| alive(*pid)));
+
+    let started = Instant::now();
+    let cancel = app
+        .post_as(&token, &format!("/infrastructure/{id}/commands/{command_id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(cancel.status(), StatusCode::ACCEPTED);
+    let cancelled = wait_for_command(&app, &token, &id, &command_id, "the cancel", |c| {
+        c["status"] != "running"
+    })
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(10), "cancel took {:?}", started.elapsed());
+    assert_eq!(cancelled["status"], "cancelled");
+    assert_eq!(statuses(&cancelled), ["cancelled"; 5]);
+    assert!(cancelled["results"][0]["error"].as_str().unwrap().contains("while it ran"));
+    assert!(cancelled["results"][4]["error"].as_str().unwrap().contains("before it was sent"));
+    assert!(cancelled["cancel_requested_at"].is_string());
+    // The agents killed the running commands' process groups.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pids.iter().any(|pid| alive(*pid)) {
+        assert!(Instant::now() < deadline, "cancelled commands still run: {pids:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!markers.join("local-2.pid").exists(), "a machine not started must never run it");
+    let again = app
+        .post_as(&token, &format!("/infrastructure/{id}/commands/{command_id}/cancel"), &json!({}))
+        .await;
+    assert_problem(again, 409, "command_not_running").await;
+
+    // A client that hangs up on a waiting call does not stop its command (cancel does).
+    let hung_up = app
+        .client
+        .post(app.url(&format!("/infrastructure/{id}/command")))
+        .bearer_auth(&token)
+        .timeout(Duration::from_millis(500))
+        .json(&json!({
+            "shell": "sleep 2; touch \"$MARKERS/finished-anyway\"",
+            "env": {"MARKERS": markers.to_string_lossy()},
+            "machines": ["local-0"],
+        }))
+        .send()
+        .await;
+    assert!(hung_up.is_err_and(|err| err.is_timeout()));
+    let history =
+        json_ok(app.get(&format!("/infrastructure/{id}/commands?limit=1"), Some(&token)).await)
+            .await;
+    let abandoned = history["items"][0]["id"].as_str().unwrap().to_owned();
+    let finished = wait_for_command(&app, &token, &id, &abandoned, "the abandoned command", |c| {
+        c["status"] != "running"
+    })
+    .await;
+    assert_eq!(finished["status"], "succeeded");
+    assert!(markers.join("finished-anyway").exists());
+}
+
+#[tokio::test]
+async fn stopped_agents_are_unreachable_to_commands_and_to_the_health_checker() {
+    let app = app().provisioning().env("NIM_HEALTH_INTERVAL_SECS", "1").spawn().await;
+    let token = app.token("health@example.com").await;
+    let id = ready_fleet(&app, &token, "patients").await;
+
+    let healthy = wait_for(&app, &token, &id, "every machine healthy", |d| {
+        d["machines"].as_array().unwrap().iter().all(|m| m["status"] == "healthy")
+    })
+    .await;
+    assert_eq!(healthy["degraded"], false);
+    for machine in healthy["machines"].as_array().unwrap() {
+        assert!(machine["last_seen_at"].is_string(), "{machine}");
+        assert!(machine["info"]["hostname"].is_string(), "{machine}");
+        assert!(machine["info"]["cpus"].as_u64().unwrap() >= 1);
+    }
+
+    stop_agent(&app, &id, "local-1");
+    stop_agent(&app, &id, "local-3");
+    let started = Instant::now();
+    let command = run(&app, &token, &id, json!({"argv": ["true"], "timeout_s": 5})).await;
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    assert_eq!(command["status"], "partial");
+    assert_eq!(
+        statuses(&command),
+        ["succeeded", "unreachable", "succeeded", "unreachable", "succeeded"]
+    );
+    assert!(command["results"][1]["error"].as_str().unwrap().contains("cannot reach the agent"));
+    assert_eq!(command["summary"]["unreachable"], 2);
+
+    let degraded = wait_for(&app, &token, &id, "two machines unreachable", |d| {
+        d["machines"].as_array().unwrap().iter().filter(|m| m["status"] == "unreachable").count()
+            == 2
+    })
+    .await;
+    assert_eq!(degraded["degraded"], true);
+    assert_eq!(degraded["status"], "ready", "health never changes the lifecycle status");
+    assert_eq!(degraded["machines"][1]["status"], "unreachable");
+    assert_eq!(degraded["machines"][3]["status"], "unreachable");
+    // The last sighting is kept.
+    assert!(degraded["machines"][1]["last_seen_at"].is_string());
+
+    start_agent(&app, &id, "local-1");
+    start_agent(&app, &id, "local-3");
+    let recovered = wait_for(&app, &token, &id, "every machine healthy again", |d| {
+        d["machines"].as_array().unwrap().iter().all(|m| m["status"] == "healthy")
+    })
+    .await;
+    assert_eq!(recovered["degraded"], false);
+    let again = run(&app, &token, &id, json!({"argv": ["true"]})).await;
+    assert_eq!(again["status"], "succeeded");
+}
+
+#[tokio::test]
+async fn a_backend_restart_leaves_a_running_command_interrupted_with_what_had_finished() {
+    let mut first = app().provisioning().spawn().await;
+    let token = first.token("restart@example.com").await;
+    let id = ready_fleet(&first, &token, "phoenix").await;
+    let (accepted, _) =
+        start(&first, &token, &id, json!({"shell": "[ \"$NIM_MACHINE\" = local-0 ] || sleep 60"}))
+            .await;
+    let command_id = accepted["id"].as_str().unwrap().to_owned();
+    wait_for_command(&first, &token, &id, &command_id, "local-0 to finish", |c| {
+        c["results"][0]["status"] == "succeeded" && c["summary"]["running"] == 4
+    })
+    .await;
+    first.kill9();
+
+    let second = app().provisioning().dir(first.into_dir()).spawn().await;
+    let command = get_command(&second, &token, &id, &command_id).await;
+    assert_eq!(command["status"], "interrupted", "{command:#}");
+    assert_eq!(
+        statuses(&command),
+        ["succeeded", "interrupted", "interrupted", "interrupted", "interrupted"]
+    );
+    assert!(command["results"][1]["error"].as_str().unwrap().contains("backend stopped"));
+    assert!(command["finished_at"].is_string());
+
+    // The machines outlived the backend; the next command runs.
+    let next = run(&second, &token, &id, json!({"argv": ["true"]})).await;
+    assert_eq!(next["status"], "succeeded");
+}
+
+#[tokio::test]
+async fn commands_need_a_ready_deployment() {
+    let app = app().provisioning().spawn().await;
+    let token = app.token("early@example.com").await;
+    let created = provision(
+        &app,
+        &token,
+        json!({"name": "broken", "provider": "failing", "variables": {"reason": "no"}}),
+    )
+    .await;
+    let id = created["deployment"]["id"].as_str().unwrap();
+    wait_for_status(&app, &token, id, "failed").await;
+    let problem = assert_problem(
+        send(&app, &token, id, json!({"argv": ["true"]})).await,
+        409,
+        "deployment_not_ready",
+    )
+    .await;
+    assert!(problem["detail"].as_str().unwrap().contains("the deployment is failed"), "{problem}");
+    let missing = "0190c0de-0000-7000-8000-000000000000";
+    assert_problem(send(&app, &token, missing, json!({"argv": ["true"]})).await, 404, "not_found")
+        .await;
+}
+
+#[tokio::test]
+async fn sigterm_interrupts_running_commands_and_records_them_before_exiting() {
+    let mut first = app().provisioning().spawn().await;
+    let token = first.token("sigterm@example.com").await;
+    let id = ready_fleet(&first, &token, "graceful").await;
+    let markers = first.dir.path().join("markers");
+    std::fs::create_dir_all(&markers).unwrap();
+    let (accepted, _) = start(
+        &first,
+        &token,
+        &id,
+        json!({
+            "shell": "echo $$ > \"$MARKERS/$NIM_MACHINE.pid\"; sleep 60",
+            "env": {"MARKERS": markers.to_string_lossy()},
+        }),
+    )
+    .await;
+    let command_id = accepted["id"].as_str().unwrap().to_owned();
+    wait_for_command(&first, &token, &id, &command_id, "every machine to run it", |c| {
+        c["summary"]["running"] == 5
+    })
+    .await;
+    let pid = read_pid(&markers.join("local-4.pid")).await;
+
+    let started = Instant::now();
+    assert!(first.terminate().success());
+    assert!(started.elapsed() < Duration::from_secs(10), "shutdown took {:?}", started.elapsed());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(pid) {
+        assert!(Instant::now() < deadline, "the interrupted command still runs");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let second = app().provisioning().dir(first.into_dir()).spawn().await;
+    let command = get_command(&second, &token, &id, &command_id).await;
+    assert_eq!(command["status"], "interrupted", "{command:#}");
+    assert_eq!(statuses(&command), ["interrupted"; 5]);
+    let error = command["results"][0]["error"].as_str().unwrap();
+    assert!(error.contains("shut down while it ran"), "{error}");
+}
