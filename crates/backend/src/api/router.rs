@@ -26,7 +26,7 @@ use utoipa::{
 use utoipa_axum::router::OpenApiRouter;
 use wire::{FieldError, Problem};
 
-use super::{ApiError, AppState, auth, docs, health, infrastructure};
+use super::{ApiError, AppState, agent, auth, docs, health, infrastructure};
 use crate::config::Config;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -43,6 +43,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
         (name = "auth", description = "Sign up, log in, refresh and log out"),
         (name = "infrastructure", description = "Provider modules, deployments, runs and their events"),
         (name = "health", description = "Liveness and readiness probes"),
+        (name = "agent", description = "The nim-agent binary cloud machines install"),
         (name = "docs", description = "This API's description"),
     )
 )]
@@ -72,6 +73,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .merge(health::router())
         .merge(auth::router())
         .merge(infrastructure::router())
+        .merge(agent::router())
         .merge(docs::router())
 }
 

@@ -5,6 +5,7 @@
 #![allow(unreachable_pub)]
 
 mod auth;
+mod clouds;
 mod gotrue_stub;
 mod helpers;
 mod provisioning;
