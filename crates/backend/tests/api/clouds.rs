@@ -213,19 +213,17 @@ struct Rendered {
     _dir: tempfile::TempDir,
 }
 
-/// Renders `terraform/shared/bootstrap` (Terraform's own `templatefile`, through `terraform
-/// console`, which needs no provider) with these variables.
-fn render_bootstrap(variables: &Value) -> Rendered {
+/// Evaluates `expression` in `terraform console` over a copy of `terraform/shared/bootstrap`
+/// with these variables (the console needs no provider, so this works offline).
+fn bootstrap_console(variables: &Value, expression: &str) -> Output {
     let dir = tempfile::tempdir().unwrap();
-    let module = dir.path().join("bootstrap");
-    std::fs::create_dir(&module).unwrap();
     for entry in std::fs::read_dir(repo_terraform().join("shared/bootstrap")).unwrap() {
         let entry = entry.unwrap();
-        std::fs::copy(entry.path(), module.join(entry.file_name())).unwrap();
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
     }
-    std::fs::write(module.join("test.tfvars.json"), variables.to_string()).unwrap();
+    std::fs::write(dir.path().join("test.tfvars.json"), variables.to_string()).unwrap();
     let mut console = terraform()
-        .current_dir(&module)
+        .current_dir(dir.path())
         .env("TF_CLI_CONFIG_FILE", "/dev/null")
         .args(["console", "-var-file=test.tfvars.json"])
         .stdin(Stdio::piped())
@@ -234,13 +232,14 @@ fn render_bootstrap(variables: &Value) -> Rendered {
         .spawn()
         .unwrap();
     use std::io::Write;
-    console
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"nonsensitive(base64encode(local.user_data))\n")
-        .unwrap();
-    let output = console.wait_with_output().unwrap();
+    console.stdin.take().unwrap().write_all(format!("{expression}\n").as_bytes()).unwrap();
+    console.wait_with_output().unwrap()
+}
+
+/// Renders the bootstrap script as the cloud modules do (Terraform's own `templatefile`).
+fn render_bootstrap(variables: &Value) -> Rendered {
+    let dir = tempfile::tempdir().unwrap();
+    let output = bootstrap_console(variables, "nonsensitive(base64encode(local.user_data))");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -443,31 +442,12 @@ async fn the_bootstrap_refuses_an_agent_whose_sha256_differs_and_starts_nothing(
 #[test]
 fn the_bootstrap_module_rejects_a_malformed_sha256_or_url() {
     let secrets = secrets();
-    let dir = tempfile::tempdir().unwrap();
     for (url, sha) in
         [("http://x.example/a", "abc"), ("http://x.example/a b'", &"a".repeat(64) as &str)]
     {
-        std::fs::remove_dir_all(dir.path()).ok();
-        std::fs::create_dir_all(dir.path()).unwrap();
-        for entry in std::fs::read_dir(repo_terraform().join("shared/bootstrap")).unwrap() {
-            let entry = entry.unwrap();
-            std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
-        }
         let variables = json!({"agent_download_url": url, "agent_sha256": sha, "agent_port": 7070,
             "agent_token": secrets.token, "agent_tls_cert": secrets.cert, "agent_tls_key": secrets.key});
-        std::fs::write(dir.path().join("t.tfvars.json"), variables.to_string()).unwrap();
-        let mut console = terraform()
-            .current_dir(dir.path())
-            .env("TF_CLI_CONFIG_FILE", "/dev/null")
-            .args(["console", "-var-file=t.tfvars.json"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        console.stdin.take().unwrap().write_all(b"nonsensitive(local.user_data)\n").unwrap();
-        let output = console.wait_with_output().unwrap();
+        let output = bootstrap_console(&variables, "nonsensitive(local.user_data)");
         let all = format!(
             "{}{}",
             String::from_utf8_lossy(&output.stdout),
