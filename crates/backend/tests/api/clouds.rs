@@ -58,6 +58,38 @@ fn terraform_fmt_finds_nothing_to_change_in_any_module() {
     );
 }
 
+/// Terraform's own parser over each cloud module: `terraform init` loads and checks the whole
+/// configuration (and installs the bootstrap child module) before it looks for providers, which
+/// an empty `-plugin-dir` makes it fail to find without any download. Provider-specific
+/// arguments can only be checked with the providers, in a real account (docs/clouds.md).
+#[test]
+fn terraform_loads_each_cloud_module_and_its_bootstrap_up_to_the_provider_download() {
+    let copy = tempfile::tempdir().unwrap();
+    let status = Command::new("cp").arg("-r").arg(repo_terraform()).arg(copy.path()).status();
+    assert!(status.unwrap().success());
+    let plugins = copy.path().join("no-plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    for (module, provider) in
+        [("aws", "hashicorp/aws"), ("azure", "hashicorp/azurerm"), ("gcp", "hashicorp/google")]
+    {
+        let output = terraform()
+            .current_dir(copy.path().join("terraform").join(module))
+            .env("TF_CLI_CONFIG_FILE", "/dev/null")
+            .args(["init", "-backend=false", "-input=false", "-no-color"])
+            .arg(format!("-plugin-dir={}", plugins.display()))
+            .output()
+            .unwrap();
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(!all.contains("problems with the configuration"), "{module}:\n{all}");
+        assert!(all.contains("- bootstrap in ../shared/bootstrap"), "{module}:\n{all}");
+        assert!(all.contains(&format!("Finding {provider} versions matching")), "{module}:\n{all}");
+    }
+}
+
 /// An x86_64 ELF header followed by filler: what the download route serves and checks.
 fn fake_agent(dir: &Path) -> (PathBuf, Vec<u8>) {
     let mut bytes = b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0\x02\0\x3e\0".to_vec();
@@ -338,6 +370,7 @@ async fn the_rendered_bootstrap_installs_the_verified_agent_its_config_and_unit(
         !text.contains(&secrets.token) && !text.contains("BEGIN"),
         "secrets must be base64 in the script"
     );
+    assert!(text.len() < 16 * 1024, "AWS limits user data to 16 KiB; this is {} bytes", text.len());
 
     let scratch = tempfile::tempdir().unwrap();
     let root = scratch.path().join("root");
