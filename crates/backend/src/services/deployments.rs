@@ -176,10 +176,10 @@ impl Provisioning {
             return Err(DeploymentError::Validation(errors));
         };
         errors.extend(module.validate_variables(&request.variables));
-        if !errors.is_empty() {
-            return Err(DeploymentError::Validation(errors));
+        match errors.is_empty() {
+            true => Ok(module),
+            false => Err(DeploymentError::Validation(errors)),
         }
-        Ok(module)
     }
 
     /// The backend-filled variables of a new deployment: the agent port, and for modules that
