@@ -13,6 +13,7 @@ use crate::{
     config::{Config, redact_database_url},
     secrets::{self, SecretBox},
     services::{
+        agent_download::AgentDistribution,
         auth::{AuthService, JwtKeys, LocalAuth, SupabaseAuth, SupabaseOptions},
         cloud_client::{CloudClientConfig, CloudClientService},
         commands::CommandService,
@@ -217,6 +218,21 @@ async fn build_provisioning(config: &Config, store: Store) -> anyhow::Result<Pro
     {
         tracing::warn!(path = %agent_binary.display(), "the nim-agent binary is missing: `cargo build` it, or set NIM_AGENT_BINARY; local machines will not start");
     }
+    let agent_distribution = AgentDistribution::new(&agent_binary, config.public_url.clone());
+    match &agent_distribution.binary {
+        Some(binary) => {
+            tracing::info!(path = %binary.path.display(), target = %binary.target, sha256 = %binary.sha256, public_url = ?config.public_url, "agent binary ready for download")
+        }
+        None => tracing::warn!(
+            reason = agent_distribution.missing_reason.as_deref().unwrap_or_default(),
+            "no agent binary to serve: cloud providers will answer 503"
+        ),
+    }
+    if config.public_url.is_none()
+        && catalog.modules().any(|m| m.variables.contains_key("agent_download_url"))
+    {
+        tracing::warn!("NIM_PUBLIC_URL is not set: cloud providers will answer 503 until it is");
+    }
     let key = match &config.encryption_key {
         Some(key) => key.clone(),
         // Replicas sharing a database must share the key; a per-replica generated one would
@@ -234,6 +250,7 @@ async fn build_provisioning(config: &Config, store: Store) -> anyhow::Result<Pro
         data_dir: std::fs::canonicalize(&config.data_dir)
             .with_context(|| format!("failed to resolve {}", config.data_dir.display()))?,
         agent_binary: std::fs::canonicalize(&agent_binary).unwrap_or(agent_binary),
+        agent_distribution: Arc::new(agent_distribution),
         cancel_grace: std::time::Duration::from_secs(config.run_cancel_grace_secs),
         work_queued: Arc::new(tokio::sync::Notify::new()),
         machines_ready: Arc::new(tokio::sync::Notify::new()),

@@ -81,10 +81,17 @@ pub struct Config {
     #[arg(long, env = "NIM_TERRAFORM_BIN")]
     pub terraform_bin: Option<PathBuf>,
 
-    /// The nim-agent binary `terraform/local` runs as its machines. Default: `nim-agent` beside
-    /// this executable.
+    /// The nim-agent binary: `terraform/local` runs it as its machines, and cloud machines
+    /// download it from `GET /agent/download/<target>`. Default: `nim-agent` beside this
+    /// executable. Hashed at start: restart the server after replacing it.
     #[arg(long, env = "NIM_AGENT_BINARY")]
     pub agent_binary: Option<PathBuf>,
+
+    /// Base URL at which cloud machines reach this server (e.g. `https://nim.example.com`); they
+    /// download the agent from `<url>/agent/download/linux-x86_64`. Unset: cloud providers
+    /// (aws, azure, gcp) answer 503 `agent_download_unavailable`; `local` works without it.
+    #[arg(long, env = "NIM_PUBLIC_URL", value_parser = parse_public_url)]
+    pub public_url: Option<String>,
 
     /// Terraform runs allowed at once (one per deployment at most, always).
     #[arg(long, env = "NIM_MAX_CONCURRENT_RUNS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
@@ -242,6 +249,19 @@ impl Config {
     }
 }
 
+/// `NIM_PUBLIC_URL`: an absolute http(s) URL with no query or fragment, kept without a trailing
+/// slash so paths can be appended.
+fn parse_public_url(text: &str) -> Result<String, String> {
+    let url = reqwest::Url::parse(text.trim()).map_err(|err| format!("not a URL: {err}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err("must be an http:// or https:// URL with a host".into());
+    }
+    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+        return Err("must not have a query, fragment or credentials".into());
+    }
+    Ok(url.as_str().trim_end_matches('/').to_owned())
+}
+
 /// A database URL with any password replaced, for logs and error messages.
 pub fn redact_database_url(url: &SecretString) -> String {
     let url = url.expose_secret();
@@ -290,6 +310,28 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(config.cors_origins, ["https://a.example", "https://b.example"]);
+    }
+
+    #[test]
+    fn the_public_url_is_an_http_url_kept_without_its_trailing_slash() {
+        assert_eq!(
+            parse_public_url("https://nim.example.com/").unwrap(),
+            "https://nim.example.com"
+        );
+        assert_eq!(
+            parse_public_url("http://10.0.0.5:8080/nim/").unwrap(),
+            "http://10.0.0.5:8080/nim"
+        );
+        for bad in [
+            "nim.example.com",
+            "ftp://x.example",
+            "https://x.example/?a=1",
+            "https://u:p@x.example",
+        ] {
+            assert!(parse_public_url(bad).is_err(), "{bad}");
+        }
+        let err = Config::try_parse_from(["nim-backend", "--public-url", "nope"]).unwrap_err();
+        assert!(err.to_string().contains("--public-url"), "{err}");
     }
 
     #[test]

@@ -213,6 +213,9 @@ impl From<DeploymentError> for ApiError {
             DeploymentError::TerraformUnavailable(_) => {
                 Self::Unavailable { code: "terraform_unavailable", detail }
             }
+            DeploymentError::AgentDownloadUnavailable(_) => {
+                Self::Unavailable { code: "agent_download_unavailable", detail }
+            }
             DeploymentError::PlanFailed(_) => {
                 Self::Validation { code: "plan_failed", detail, errors: Vec::new() }
             }

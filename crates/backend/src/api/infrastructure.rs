@@ -348,7 +348,7 @@ async fn list_providers(
         (status = 400, description = "Malformed JSON or `Idempotency-Key`", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`validation_failed` (name, provider, variables), `idempotency_key_reused`, or `plan_failed` (dry run)", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Terraform is not available", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`terraform_unavailable`, or `agent_download_unavailable` (a cloud provider without `NIM_PUBLIC_URL` or a servable agent binary)", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn provision(
     State(provisioning): State<Provisioning>,

@@ -1,6 +1,7 @@
 //! The HTTP layer. Only this module knows status codes and JSON shapes; it turns requests into
 //! service calls and domain errors into problem+json.
 
+mod agent;
 mod auth;
 mod commands;
 mod docs;

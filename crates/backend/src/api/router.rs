@@ -26,7 +26,7 @@ use utoipa::{
 use utoipa_axum::router::OpenApiRouter;
 use wire::{FieldError, Problem};
 
-use super::{ApiError, AppState, auth, commands, docs, health, infrastructure};
+use super::{ApiError, AppState, agent, auth, commands, docs, health, infrastructure};
 use crate::config::Config;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -44,6 +44,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
         (name = "infrastructure", description = "Provider modules, deployments, runs and their events"),
         (name = "commands", description = "Commands run on a deployment's machines, and their history"),
         (name = "health", description = "Liveness and readiness probes"),
+        (name = "agent", description = "The nim-agent binary cloud machines install"),
         (name = "docs", description = "This API's description"),
     )
 )]
@@ -74,6 +75,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .merge(auth::router())
         .merge(infrastructure::router())
         .merge(commands::router())
+        .merge(agent::router())
         .merge(docs::router())
 }
 

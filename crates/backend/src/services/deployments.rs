@@ -16,6 +16,7 @@ use uuid::Uuid;
 use wire::FieldError;
 
 use super::{
+    agent_download::AgentDistribution,
     certs::mint_deployment_cert,
     cloud_client::{AgentCredentials, AgentTarget},
     terraform::{Exit, Module, ModuleCatalog, StopSignals, Terraform, Workspace},
@@ -46,6 +47,9 @@ pub enum DeploymentError {
     IdempotencyMismatch,
     #[error("terraform is not available: {0}")]
     TerraformUnavailable(String),
+    /// Cloud machines could not download the agent (`NIM_PUBLIC_URL` or the binary missing).
+    #[error("{0}")]
+    AgentDownloadUnavailable(String),
     #[error("terraform plan failed: {0}")]
     PlanFailed(String),
     #[error(transparent)]
@@ -95,6 +99,8 @@ pub struct Provisioning {
     pub secret_box: SecretBox,
     pub data_dir: PathBuf,
     pub agent_binary: PathBuf,
+    /// The agent binary cloud machines download, and from where.
+    pub agent_distribution: Arc<AgentDistribution>,
     pub cancel_grace: std::time::Duration,
     /// Wakes the run worker when a run is queued.
     pub work_queued: Arc<Notify>,
@@ -180,6 +186,13 @@ impl Provisioning {
         }
         plain.insert("deployment_id".into(), json!(deployment.id.to_string()));
         plain.insert("agent_binary".into(), json!(self.agent_binary.display().to_string()));
+        // New machines get the agent this backend serves now; without one (NIM_PUBLIC_URL unset
+        // since), the values stored at provision time keep destroy and re-plan working. Modules
+        // ignore later changes of the bootstrap, so running machines are never replaced for it.
+        if let Ok(download) = self.agent_distribution.cloud_download() {
+            plain.insert("agent_download_url".into(), json!(download.url));
+            plain.insert("agent_sha256".into(), json!(download.sha256));
+        }
         plain.retain(|name, _| module.variables.contains_key(name));
 
         let mut env = vec![
@@ -227,6 +240,41 @@ impl Provisioning {
         }
     }
 
+    /// The backend-filled variables of a new deployment: the agent port, and for modules that
+    /// declare them the local ports or the agent download. Fails before anything is created
+    /// when cloud machines could not download the agent.
+    fn backend_variables(
+        &self,
+        module: &Module,
+        plain: &Map<String, Value>,
+        pick_ports: bool,
+    ) -> Result<Map<String, Value>, DeploymentError> {
+        let mut variables = Map::new();
+        variables.insert("agent_port".into(), json!(DEFAULT_AGENT_PORT));
+        if module.variables.contains_key("agent_ports") {
+            let count = local_machine_count(module, plain)?;
+            let ports = match pick_ports {
+                true => free_loopback_ports(count)?,
+                // Ports only matter when machines start; a plan just needs the right count.
+                false => vec![DEFAULT_AGENT_PORT; count as usize],
+            };
+            variables.insert("agent_ports".into(), json!(ports));
+        }
+        if module.variables.contains_key("agent_download_url") {
+            let download = self.agent_distribution.cloud_download().map_err(|reason| {
+                DeploymentError::AgentDownloadUnavailable(format!(
+                    "provider \"{}\" cannot be used: {reason}",
+                    module.name
+                ))
+            })?;
+            variables.insert("agent_download_url".into(), json!(download.url));
+            if module.variables.contains_key("agent_sha256") {
+                variables.insert("agent_sha256".into(), json!(download.sha256));
+            }
+        }
+        Ok(variables)
+    }
+
     /// Creates a deployment and its queued apply run, or (same `Idempotency-Key`, same request)
     /// returns the one created before. The boolean says whether it was a replay.
     #[tracing::instrument(skip_all, fields(owner_id = %owner_id, provider = %request.provider))]
@@ -254,12 +302,7 @@ impl Provisioning {
             agent_tls_key: cert.key_pem.expose_secret().to_owned(),
             variables: sensitive,
         };
-        let mut backend_variables = Map::new();
-        backend_variables.insert("agent_port".into(), json!(DEFAULT_AGENT_PORT));
-        if module.variables.contains_key("agent_ports") {
-            let count = local_machine_count(module, &plain)?;
-            backend_variables.insert("agent_ports".into(), json!(free_loopback_ports(count)?));
-        }
+        let backend_variables = self.backend_variables(module, &plain, true)?;
         let now = crate::domain::now();
         let deployment = DeploymentRow {
             id,
@@ -335,14 +378,7 @@ impl Provisioning {
         let cert = mint_deployment_cert(&id.to_string()).map_err(anyhow::Error::from)?;
         let (sensitive, plain): (Map<String, Value>, Map<String, Value>) =
             request.variables.into_iter().partition(|(name, _)| module.variables[name].sensitive);
-        let mut backend_variables = Map::new();
-        backend_variables.insert("agent_port".into(), json!(DEFAULT_AGENT_PORT));
-        if module.variables.contains_key("agent_ports") {
-            let count = local_machine_count(module, &plain)?;
-            // Ports only matter when machines start; the plan just needs the right count.
-            backend_variables
-                .insert("agent_ports".into(), json!(vec![DEFAULT_AGENT_PORT; count as usize]));
-        }
+        let backend_variables = self.backend_variables(module, &plain, false)?;
         let deployment = DeploymentRow {
             id,
             owner_id: Uuid::nil(),

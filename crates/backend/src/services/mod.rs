@@ -1,6 +1,7 @@
 //! The backend's services: domain logic between the HTTP layer and the store. Services know
 //! nothing of status codes; they return domain errors the API layer maps.
 
+pub mod agent_download;
 pub mod auth;
 pub mod certs;
 pub mod cloud_client;

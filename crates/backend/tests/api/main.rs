@@ -5,6 +5,7 @@
 #![allow(unreachable_pub)]
 
 mod auth;
+mod clouds;
 mod commands;
 mod gotrue_stub;
 mod helpers;

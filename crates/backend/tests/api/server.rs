@@ -144,6 +144,7 @@ async fn the_openapi_document_describes_every_route_and_each_is_served() {
         ("GET", "/readyz"),
         ("GET", "/openapi.json"),
         ("GET", "/docs"),
+        ("GET", "/agent/download/{target}"),
     ] {
         assert!(
             documented.contains(&(expected.0.to_owned(), expected.1.to_owned())),
@@ -179,6 +180,8 @@ fn help_documents_every_setting_with_its_environment_variable() {
         "NIM_SESSION_TTL_SECS",
         "NIM_AUTH_RATE_LIMIT_PER_MINUTE",
         "NIM_TRUST_FORWARDED_FOR",
+        "NIM_AGENT_BINARY",
+        "NIM_PUBLIC_URL",
     ] {
         assert!(help.contains(&format!("[env: {var}")), "--help does not mention {var}:\n{help}");
     }

@@ -434,3 +434,91 @@ variable "agent_binary" { type = string }
         assert_eq!(module.machine_count(&Map::new()), Some(1));
     }
 }
+
+/// The repository's own `terraform/` folder, as the server loads it by default.
+#[cfg(test)]
+mod repository_modules {
+    use super::*;
+
+    fn catalog() -> ModuleCatalog {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../terraform");
+        ModuleCatalog::load(&root).expect("the repository's modules load")
+    }
+
+    #[test]
+    fn every_repository_module_loads_and_the_shared_folder_is_not_a_module() {
+        let catalog = catalog();
+        assert_eq!(catalog.names().collect::<Vec<_>>(), ["aws", "azure", "gcp", "local"]);
+    }
+
+    #[test]
+    fn cloud_modules_meet_the_contract_with_backend_filled_download_variables() {
+        let catalog = catalog();
+        for name in ["aws", "azure", "gcp"] {
+            let module = catalog.get(name).unwrap();
+            for variable in CONTRACT_VARIABLES.iter().chain(&["agent_download_url", "agent_sha256"])
+            {
+                let declared = module
+                    .variables
+                    .get(*variable)
+                    .unwrap_or_else(|| panic!("{name} does not declare {variable}"));
+                assert!(declared.description.is_some(), "{name}.{variable} has no description");
+                assert_eq!(
+                    declared.sensitive,
+                    SENSITIVE_VARIABLES.contains(variable),
+                    "{name}.{variable}: wrong sensitivity"
+                );
+            }
+            assert!(!module.variables.contains_key("agent_binary"), "{name} is a cloud module");
+            for variable in module.variables.values() {
+                assert!(
+                    variable.description.is_some(),
+                    "{name}.{} has no description",
+                    variable.name
+                );
+                assert_ne!(
+                    variable.ty,
+                    TypeConstraint::Any,
+                    "{name}.{} has no type",
+                    variable.name
+                );
+            }
+            let machines = &module.outputs["machines"];
+            assert!(!machines.sensitive && machines.description.is_some(), "{name}.machines");
+            assert!(module.outputs.len() >= 2, "{name} has no provider-specific output");
+
+            // The only thing a caller must give is where the backend may reach the agents from.
+            let required: Vec<_> =
+                module.variables.values().filter(|v| v.required()).map(|v| &v.name).collect();
+            assert_eq!(required, ["allowed_cidrs"], "{name}");
+            // SSH is closed unless asked for, and the defaults are a sane small machine.
+            assert_eq!(module.variables["ssh_allowed_cidrs"].default, Some(serde_json::json!([])));
+            assert_eq!(module.variables["ssh_public_key"].default, Some(Value::Null));
+            assert_eq!(module.variables["machine_count"].default, Some(serde_json::json!(1)));
+            let errors = module.validate_variables(
+                serde_json::json!({"allowed_cidrs": ["203.0.113.7/32"]}).as_object().unwrap(),
+            );
+            assert!(errors.is_empty(), "{name}: {errors:?}");
+            let errors = module.validate_variables(
+                serde_json::json!({"allowed_cidrs": ["0.0.0.0/0"], "agent_sha256": "x"})
+                    .as_object()
+                    .unwrap(),
+            );
+            assert_eq!(errors.len(), 1, "{name}: {errors:?}");
+        }
+    }
+
+    /// Every `.tf` file of a cloud module mentions the shared bootstrap the same way, so the
+    /// bootstrap test (which renders that module) covers what each cloud boots.
+    #[test]
+    fn every_cloud_module_boots_the_shared_bootstrap_and_ignores_later_changes_to_it() {
+        for name in ["aws", "azure", "gcp"] {
+            let main =
+                fs::read_to_string(catalog().get(name).unwrap().dir.join("main.tf")).unwrap();
+            assert!(main.contains("source = \"../shared/bootstrap\""), "{name}");
+            assert!(main.contains("module.bootstrap.user_data"), "{name}");
+            assert!(main.contains("ignore_changes"), "{name}");
+            assert!(main.contains("nim-deployment-id"), "{name}");
+        }
+    }
+}

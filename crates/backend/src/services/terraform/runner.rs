@@ -52,6 +52,8 @@ const PASSED_ENV_PREFIXES: [&str; 6] =
     ["AWS_", "AZURE_", "ARM_", "GOOGLE_", "CLOUDSDK_", "GCLOUD_"];
 /// Where a running Terraform's pid is kept, in its working directory.
 pub const PID_FILE: &str = ".nim-terraform.pid";
+/// How long output is still read after Terraform exits.
+const DRAIN_AFTER_EXIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Lines of stderr kept for error messages.
 const STDERR_TAIL: usize = 40;
 
@@ -218,28 +220,32 @@ impl Terraform {
 
         let mut stderr_tail = VecDeque::new();
         let mut error_summaries = Vec::new();
+        let mut handle = |line: Line| match line {
+            Line::Out(text) => {
+                let message = UiMessage::parse(&text);
+                if message.level == "error" {
+                    if let Some(diagnostic) = &message.diagnostic {
+                        error_summaries
+                            .push(diagnostic_summary(&diagnostic.summary, &diagnostic.detail));
+                    }
+                }
+                on_message(message);
+            }
+            Line::Err(text) => {
+                tracing::debug!(line = %text, "terraform stderr");
+                if stderr_tail.len() == STDERR_TAIL {
+                    stderr_tail.pop_front();
+                }
+                stderr_tail.push_back(text);
+            }
+        };
         let mut stopping: Option<(Exit, Instant)> = None;
         let mut lines_open = true;
         let status = loop {
             let kill_at = stopping.as_ref().map(|(_, at)| *at);
             tokio::select! {
                 line = lines.recv(), if lines_open => match line {
-                    Some(Line::Out(text)) => {
-                        let message = UiMessage::parse(&text);
-                        if message.level == "error" {
-                            if let Some(diagnostic) = &message.diagnostic {
-                                error_summaries.push(diagnostic_summary(&diagnostic.summary, &diagnostic.detail));
-                            }
-                        }
-                        on_message(message);
-                    }
-                    Some(Line::Err(text)) => {
-                        tracing::debug!(line = %text, "terraform stderr");
-                        if stderr_tail.len() == STDERR_TAIL {
-                            stderr_tail.pop_front();
-                        }
-                        stderr_tail.push_back(text);
-                    }
+                    Some(line) => handle(line),
                     None => lines_open = false,
                 },
                 status = child.wait() => break status.context("failed to wait for terraform")?,
@@ -257,10 +263,14 @@ impl Terraform {
                 }
             }
         };
-        // Drain what is still buffered so the log is complete.
-        while let Ok(line) = lines.try_recv() {
-            if let Line::Out(text) = line {
-                on_message(UiMessage::parse(&text));
+        // Read what Terraform wrote before it exited (its diagnostics come last, and the readers
+        // may not have reached them yet), until both pipes close. A grandchild that inherited a
+        // pipe could hold it open for ever, so this waits a bounded time.
+        let drain_until = Instant::now() + DRAIN_AFTER_EXIT;
+        while lines_open {
+            match tokio::time::timeout_at(drain_until, lines.recv()).await {
+                Ok(Some(line)) => handle(line),
+                Ok(None) | Err(_) => lines_open = false,
             }
         }
         let _ = std::fs::remove_file(&pid_file);
