@@ -1,11 +1,12 @@
 //! The store: the only place in the backend that contains SQL.
 //!
 //! One [`Store`] value serves every service. Behind it, [`Db`] holds the pool of whichever
-//! database `DATABASE_URL` chose; each query is written once, in SQL both dialects accept
-//! (`$1` placeholders, `RETURNING`, `ON CONFLICT`), and [`on_db!`] runs that same text against the
-//! active pool. Timestamps and ids are bound from Rust so no dialect-specific function is needed.
-//! Adding Postgres means adding a `Db` variant, its migrations and the few queries whose dialects
-//! really differ; services do not change.
+//! database `DATABASE_URL` chose (SQLite or Postgres); each query is written once, in SQL both
+//! dialects accept (`$1` placeholders, `RETURNING`, partial unique indexes), and [`on_db!`] runs
+//! that same text against the active pool. Timestamps and ids are bound from Rust so no
+//! dialect-specific function is needed. The few real differences (the run claim's `SKIP LOCKED`,
+//! advisory locks, `NOTIFY`) are branches on [`Store::is_postgres`]. The schemas are per dialect:
+//! `migrations/sqlite/` and, for Postgres, `supabase/migrations/` at the repository root.
 
 mod commands;
 mod deployments;
