@@ -366,6 +366,11 @@ async fn two_replicas_share_the_work_and_take_over_from_a_killed_one() {
         }
     }
     assert!(interrupted >= 1);
+    println!(
+        "two replicas: 10 deployments ready; replica-b killed (-9) while running {victim}; \
+         workers seen on replica-a's SSE: {workers_seen:?}; interrupted runs re-queued: {interrupted}; \
+         every run applied at most once"
+    );
 
     // Exactly one agent per deployment, whoever started it.
     let b_dir = b.dir.path().to_string_lossy().into_owned();
