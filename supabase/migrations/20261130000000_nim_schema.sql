@@ -127,6 +127,8 @@ CREATE TABLE IF NOT EXISTS nim.commands (
     status              text NOT NULL CHECK (status IN
                             ('running', 'succeeded', 'failed', 'partial', 'timed_out', 'cancelled', 'interrupted')),
     cancel_requested_at timestamptz,
+    runner              text,
+    lease_expires_at    timestamptz,
     created_at          timestamptz NOT NULL,
     finished_at         timestamptz
 );

@@ -57,7 +57,19 @@ impl Application {
         let bus = EventBus::default();
         let cloud = Arc::new(CloudClientService::new(CloudClientConfig::default()));
         let shutdown = CancellationToken::new();
-        let commands = CommandService::new(provisioning.clone(), cloud.clone(), shutdown.clone());
+        // One name for this replica in run and command leases and in run events.
+        let replica = config.replica_name.clone().unwrap_or_else(|| {
+            let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok());
+            format!("{}-{}", host.unwrap_or_else(|| "nim".into()), uuid::Uuid::new_v4().simple())
+        });
+        let lease = std::time::Duration::from_secs(config.run_lease_secs);
+        let commands = CommandService::new(
+            provisioning.clone(),
+            cloud.clone(),
+            shutdown.clone(),
+            replica.clone(),
+            lease,
+        );
         let health = HealthChecker::new(
             provisioning.clone(),
             cloud.clone(),
@@ -72,9 +84,9 @@ impl Application {
                 max_concurrent_runs: config.max_concurrent_runs as usize,
                 run_timeout: std::time::Duration::from_secs(config.run_timeout_secs),
                 ready_timeout: std::time::Duration::from_secs(config.ready_timeout_secs),
-                lease: std::time::Duration::from_secs(config.run_lease_secs),
+                lease,
             },
-            config.replica_name.clone(),
+            Some(replica),
         );
         // The embedded database has exactly one process: whatever it left running died with it.
         // With Postgres other replicas may be running theirs; only lapsed leases count.
@@ -82,7 +94,7 @@ impl Application {
         if recovered > 0 {
             tracing::warn!(runs = recovered, "found runs interrupted by the last stop");
         }
-        let interrupted = commands.recover().await?;
+        let interrupted = commands.recover(!store.is_postgres()).await?;
         if interrupted > 0 {
             tracing::warn!(commands = interrupted, "found commands interrupted by the last stop");
         }
@@ -135,6 +147,7 @@ impl Application {
         let mut server = tokio::spawn(server.into_future());
         let mut worker = tokio::spawn(worker.run_until_stopped(shutdown.clone()));
         let mut health = tokio::spawn(health.run_until_stopped(shutdown.clone()));
+        let leases = tokio::spawn(commands.clone().keep_leases_until_stopped(shutdown.clone()));
         // Other replicas' run events (Postgres only; returns at once on SQLite).
         let listener = {
             let (store, bus) = (store.clone(), bus.clone());
@@ -183,6 +196,7 @@ impl Application {
             }
         }
         listener.abort();
+        leases.abort();
         store.close().await;
         tracing::info!("stopped");
         result

@@ -134,6 +134,9 @@ CREATE TABLE commands (
     status              TEXT NOT NULL CHECK (status IN
                             ('running', 'succeeded', 'failed', 'partial', 'timed_out', 'cancelled', 'interrupted')),
     cancel_requested_at TEXT,
+    -- The replica running it, and until when its claim holds without renewal.
+    runner              TEXT,
+    lease_expires_at    TEXT,
     created_at          TEXT NOT NULL,
     finished_at         TEXT
 );

@@ -289,6 +289,10 @@ pub struct CommandService {
 
 struct Inner {
     ctx: Provisioning,
+    /// This replica's name: the `runner` of the commands it runs.
+    runner: String,
+    /// How long a claim on a running command holds without renewal.
+    lease: std::time::Duration,
     cloud: Arc<CloudClientService>,
     /// The cancel switch of each command running in this process.
     running: Mutex<HashMap<Uuid, CancellationToken>>,
@@ -302,10 +306,14 @@ impl CommandService {
         ctx: Provisioning,
         cloud: Arc<CloudClientService>,
         shutdown: CancellationToken,
+        runner: String,
+        lease: std::time::Duration,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 ctx,
+                runner,
+                lease,
                 cloud,
                 running: Mutex::new(HashMap::new()),
                 idle: Notify::new(),
@@ -314,11 +322,44 @@ impl CommandService {
         }
     }
 
-    /// Marks commands left running by a previous process `interrupted`, keeping the results
-    /// that had finished. Called once at start (the embedded database has one process).
-    pub async fn recover(&self) -> anyhow::Result<u64> {
+    /// Marks commands a dead process left running `interrupted`, keeping the results that had
+    /// finished: at start every running one on SQLite (one process), and with Postgres those whose
+    /// runner's lease lapsed (other replicas' live commands are left alone).
+    pub async fn recover(&self, all_running: bool) -> anyhow::Result<u64> {
         let error = "the backend stopped before this machine's result arrived";
-        Ok(self.inner.ctx.store.interrupt_running_commands(error, crate::domain::now()).await?)
+        let now = crate::domain::now();
+        Ok(self.inner.ctx.store.interrupt_running_commands(error, now, all_running).await?)
+    }
+
+    /// Renews this replica's command leases every third of the lease, and (for replicas sharing
+    /// Postgres) interrupts commands whose runner stopped renewing, until `shutdown`.
+    pub async fn keep_leases_until_stopped(self, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(self.inner.lease / 3) => {}
+                () = shutdown.cancelled() => return,
+            }
+            let until = crate::domain::now()
+                + chrono::Duration::from_std(self.inner.lease).unwrap_or_default();
+            if let Err(err) =
+                self.inner.ctx.store.renew_command_leases(&self.inner.runner, until).await
+            {
+                tracing::warn!(error = %err, "failed to renew command leases; retrying");
+            }
+            if self.inner.ctx.store.is_postgres() {
+                match self.recover(false).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::warn!(
+                        commands = n,
+                        "commands of a stopped replica marked interrupted"
+                    ),
+                    Err(err) => tracing::warn!(
+                        error = format!("{err:#}"),
+                        "failed to look for interrupted commands"
+                    ),
+                }
+            }
+        }
     }
 
     /// Waits until no command runs in this process.
@@ -429,7 +470,15 @@ impl CommandService {
         // Registered before it is stored, so a cancel can never find it stored but unregistered.
         let cancel = CancellationToken::new();
         self.inner.running.lock().expect("never poisoned").insert(command.id, cancel.clone());
-        if let Err(err) = self.inner.ctx.store.create_command(&command, &results).await {
+        let lease_until =
+            crate::domain::now() + chrono::Duration::from_std(self.inner.lease).unwrap_or_default();
+        if let Err(err) = self
+            .inner
+            .ctx
+            .store
+            .create_command(&command, &results, &self.inner.runner, lease_until)
+            .await
+        {
             self.forget(command.id);
             return Err(err.into());
         }

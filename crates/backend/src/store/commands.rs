@@ -61,17 +61,39 @@ const RESULT_COLUMNS: &str = "command_id, seq, machine, address, status, exit_co
     stdout, stderr, truncated, duration_ms, error, started_at, finished_at";
 
 impl Store {
+    /// Extends the leases of the commands `runner` is running.
+    pub async fn renew_command_leases(
+        &self,
+        runner: &str,
+        until: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        Ok(on_db!(self, |pool| {
+            sqlx::query(
+                "UPDATE commands SET lease_expires_at = $1 WHERE runner = $2 AND status = 'running'",
+            )
+            .bind(until)
+            .bind(runner)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected())
+        })?)
+    }
+
     /// Stores a new command and one `pending` result per machine, in one transaction.
     #[tracing::instrument(skip_all, fields(command_id = %command.id))]
     pub async fn create_command(
         &self,
         command: &CommandRow,
         results: &[CommandResultRow],
+        runner: &str,
+        lease_until: DateTime<Utc>,
     ) -> StoreResult<()> {
+        let runner = runner.to_owned();
         on_db!(self, |pool| async {
             let mut tx = pool.begin().await?;
             sqlx::query(&format!(
-                "INSERT INTO commands ({COMMAND_COLUMNS}) VALUES ($1, $2, $3, $4, $5, NULL, $6, NULL)"
+                "INSERT INTO commands ({COMMAND_COLUMNS}, runner, lease_expires_at) \
+                 VALUES ($1, $2, $3, $4, $5, NULL, $6, NULL, $7, $8)"
             ))
             .bind(command.id)
             .bind(command.deployment_id)
@@ -79,6 +101,8 @@ impl Store {
             .bind(command.request.clone())
             .bind(command.status.clone())
             .bind(command.created_at)
+            .bind(runner.clone())
+            .bind(lease_until)
             .execute(&mut *tx)
             .await?;
             for result in results {
@@ -272,26 +296,34 @@ impl Store {
     /// an embedded backend: whatever was running belonged to the process that died. Returns how
     /// many commands it marked.
     #[tracing::instrument(skip_all)]
+    /// Marks `interrupted` the running commands whose runner's lease lapsed before `now` (with
+    /// `all_running`, every running command: at the start of the one embedded process they are
+    /// all leftovers), keeping the results that had arrived.
     pub async fn interrupt_running_commands(
         &self,
         error: &str,
         now: DateTime<Utc>,
+        all_running: bool,
     ) -> StoreResult<u64> {
         on_db!(self, |pool| async {
             let mut tx = pool.begin().await?;
             sqlx::query(
                 "UPDATE command_results SET status = 'interrupted', error = $1, finished_at = $2 \
                  WHERE status IN ('pending', 'running') \
-                 AND command_id IN (SELECT id FROM commands WHERE status = 'running')",
+                 AND command_id IN (SELECT id FROM commands WHERE status = 'running' \
+                 AND ($3 OR lease_expires_at < $2))",
             )
             .bind(error)
             .bind(now)
+            .bind(all_running)
             .execute(&mut *tx)
             .await?;
             let done = sqlx::query(
-                "UPDATE commands SET status = 'interrupted', finished_at = $1 WHERE status = 'running'",
+                "UPDATE commands SET status = 'interrupted', finished_at = $1 \
+                 WHERE status = 'running' AND ($2 OR lease_expires_at < $1)",
             )
             .bind(now)
+            .bind(all_running)
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
@@ -299,5 +331,92 @@ impl Store {
         }
         .await)
         .map_err(|err: sqlx::Error| StoreError::from(err))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use sqlx::types::Json;
+
+    use super::*;
+    use crate::{
+        domain::{DeploymentStatus, RunKind, now},
+        store::{DeploymentRow, DeploymentStatusText, RunRow, testing::stores},
+    };
+
+    async fn deployment(store: &Store) -> Uuid {
+        let at = now();
+        let row = DeploymentRow {
+            id: Uuid::now_v7(),
+            owner_id: Uuid::new_v4(),
+            name: "d".into(),
+            provider: "local".into(),
+            status: DeploymentStatusText(DeploymentStatus::Ready),
+            status_reason: None,
+            variables: Json(Default::default()),
+            backend_variables: Json(Default::default()),
+            secrets: vec![1, 2, 3],
+            tls_cert: "cert".into(),
+            idempotency_key: None,
+            request_hash: None,
+            created_at: at,
+            updated_at: at,
+        };
+        store
+            .create_deployment(&row, &RunRow::queued(row.id, RunKind::Apply, 0, at))
+            .await
+            .unwrap();
+        row.id
+    }
+
+    fn command(deployment_id: Uuid) -> CommandRow {
+        CommandRow {
+            id: Uuid::now_v7(),
+            deployment_id,
+            owner_id: Uuid::new_v4(),
+            request: Json(json!({"argv": ["true"]})),
+            status: "running".into(),
+            cancel_requested_at: None,
+            created_at: now(),
+            finished_at: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn only_commands_whose_runner_stopped_renewing_are_interrupted() {
+        for (store, _guard) in stores().await {
+            let deployment_id = deployment(&store).await;
+            let (live, dead) = (command(deployment_id), command(deployment_id));
+            let at = now();
+            store
+                .create_command(&live, &[], "replica-a", at + chrono::Duration::seconds(60))
+                .await
+                .unwrap();
+            store
+                .create_command(&dead, &[], "replica-b", at + chrono::Duration::seconds(1))
+                .await
+                .unwrap();
+
+            // replica-a renews; replica-b has died, so its lease lapses.
+            let later = at + chrono::Duration::seconds(30);
+            assert_eq!(
+                store
+                    .renew_command_leases("replica-a", later + chrono::Duration::seconds(60))
+                    .await
+                    .unwrap(),
+                1
+            );
+            assert_eq!(store.interrupt_running_commands("gone", later, false).await.unwrap(), 1);
+            let status = |id| {
+                let store = store.clone();
+                async move { store.find_command(deployment_id, id).await.unwrap().unwrap().status }
+            };
+            assert_eq!(status(dead.id).await, "interrupted");
+            assert_eq!(status(live.id).await, "running");
+            // At the start of a single embedded process everything still running is a leftover.
+            assert_eq!(store.interrupt_running_commands("gone", later, true).await.unwrap(), 1);
+            assert_eq!(status(live.id).await, "interrupted");
+        }
     }
 }
