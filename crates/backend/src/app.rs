@@ -90,11 +90,11 @@ impl Application {
         );
         // The embedded database has exactly one process: whatever it left running died with it.
         // With Postgres other replicas may be running theirs; only lapsed leases count.
-        let recovered = worker.recover(!store.is_postgres()).await?;
+        let recovered = worker.recover(!store.is_postgres(), true).await?;
         if recovered > 0 {
             tracing::warn!(runs = recovered, "found runs interrupted by the last stop");
         }
-        let interrupted = commands.recover(!store.is_postgres()).await?;
+        let interrupted = commands.recover(!store.is_postgres(), true).await?;
         if interrupted > 0 {
             tracing::warn!(commands = interrupted, "found commands interrupted by the last stop");
         }

@@ -325,10 +325,15 @@ impl CommandService {
     /// Marks commands a dead process left running `interrupted`, keeping the results that had
     /// finished: at start every running one on SQLite (one process), and with Postgres those whose
     /// runner's lease lapsed (other replicas' live commands are left alone).
-    pub async fn recover(&self, all_running: bool) -> anyhow::Result<u64> {
+    ///
+    /// `at_start`: also this replica's own commands (a restart under the same `NIM_REPLICA_NAME`);
+    /// the periodic sweep must leave them alone, they are running.
+    pub async fn recover(&self, all_running: bool, at_start: bool) -> anyhow::Result<u64> {
         let error = "the backend stopped before this machine's result arrived";
         let now = crate::domain::now();
-        Ok(self.inner.ctx.store.interrupt_running_commands(error, now, all_running).await?)
+        let store = &self.inner.ctx.store;
+        let me = at_start.then_some(self.inner.runner.as_str());
+        Ok(store.interrupt_running_commands(error, now, all_running, me).await?)
     }
 
     /// Renews this replica's command leases every third of the lease, and (for replicas sharing
@@ -347,7 +352,7 @@ impl CommandService {
                 tracing::warn!(error = %err, "failed to renew command leases; retrying");
             }
             if self.inner.ctx.store.is_postgres() {
-                match self.recover(false).await {
+                match self.recover(false, false).await {
                     Ok(0) => {}
                     Ok(n) => tracing::warn!(
                         commands = n,

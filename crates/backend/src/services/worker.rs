@@ -107,9 +107,13 @@ impl RunWorker {
     /// Finds runs left running by a dead worker: each is marked interrupted and re-queued once,
     /// or fails its deployment when it was already re-queued. Returns how many it handled.
     #[tracing::instrument(skip_all)]
-    pub async fn recover(&self, all_running: bool) -> anyhow::Result<usize> {
+    ///
+    /// `at_start`: also runs this replica held before a restart under the same name; the
+    /// periodic sweep must leave those alone, they are running.
+    pub async fn recover(&self, all_running: bool, at_start: bool) -> anyhow::Result<usize> {
         let now = crate::domain::now();
-        let stale = self.store().stale_runs(now, all_running).await?;
+        let me = at_start.then_some(self.id.as_str());
+        let stale = self.store().stale_runs(now, all_running, me).await?;
         for run in &stale {
             if let Some(deployment) = self.store().deployment(run.deployment_id).await? {
                 let workspace = Workspace::for_deployment(
@@ -195,7 +199,7 @@ impl RunWorker {
             while tasks.try_join_next().is_some() {}
             if Instant::now() >= next_sweep {
                 // Other replicas' dead workers (their leases lapse); harmless when alone.
-                if let Err(err) = self.recover(false).await {
+                if let Err(err) = self.recover(false, false).await {
                     tracing::warn!(
                         error = format!("{err:#}"),
                         "failed to look for interrupted runs"

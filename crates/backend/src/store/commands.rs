@@ -304,26 +304,31 @@ impl Store {
         error: &str,
         now: DateTime<Utc>,
         all_running: bool,
+        me: Option<&str>,
     ) -> StoreResult<u64> {
+        // `me`: a replica that restarts under the same name knows its own leftovers at once.
+        let me = me.map(str::to_owned);
         on_db!(self, |pool| async {
             let mut tx = pool.begin().await?;
             sqlx::query(
                 "UPDATE command_results SET status = 'interrupted', error = $1, finished_at = $2 \
                  WHERE status IN ('pending', 'running') \
                  AND command_id IN (SELECT id FROM commands WHERE status = 'running' \
-                 AND ($3 OR lease_expires_at < $2))",
+                 AND ($3 OR lease_expires_at < $2 OR runner = $4))",
             )
             .bind(error)
             .bind(now)
             .bind(all_running)
+            .bind(me.clone())
             .execute(&mut *tx)
             .await?;
             let done = sqlx::query(
                 "UPDATE commands SET status = 'interrupted', finished_at = $1 \
-                 WHERE status = 'running' AND ($2 OR lease_expires_at < $1)",
+                 WHERE status = 'running' AND ($2 OR lease_expires_at < $1 OR runner = $3)",
             )
             .bind(now)
             .bind(all_running)
+            .bind(me.clone())
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
@@ -407,7 +412,13 @@ mod tests {
                     .unwrap(),
                 1
             );
-            assert_eq!(store.interrupt_running_commands("gone", later, false).await.unwrap(), 1);
+            assert_eq!(
+                store
+                    .interrupt_running_commands("gone", later, false, Some("replica-c"))
+                    .await
+                    .unwrap(),
+                1
+            );
             let status = |id| {
                 let store = store.clone();
                 async move { store.find_command(deployment_id, id).await.unwrap().unwrap().status }
@@ -415,7 +426,10 @@ mod tests {
             assert_eq!(status(dead.id).await, "interrupted");
             assert_eq!(status(live.id).await, "running");
             // At the start of a single embedded process everything still running is a leftover.
-            assert_eq!(store.interrupt_running_commands("gone", later, true).await.unwrap(), 1);
+            assert_eq!(
+                store.interrupt_running_commands("gone", later, true, None).await.unwrap(),
+                1
+            );
             assert_eq!(status(live.id).await, "interrupted");
         }
     }

@@ -259,13 +259,17 @@ impl Store {
         &self,
         now: DateTime<Utc>,
         all_running: bool,
+        me: Option<&str>,
     ) -> StoreResult<Vec<RunRow>> {
+        // `me`: a replica that restarts under the same name knows its own leftovers at once.
         let sql = format!(
-            "SELECT {RUN_COLUMNS} FROM runs WHERE status = 'running' AND ($1 OR lease_expires_at < $2)"
+            "SELECT {RUN_COLUMNS} FROM runs WHERE status = 'running' \
+             AND ($1 OR lease_expires_at < $2 OR lease_owner = $3)"
         );
         Ok(on_db!(self, |pool| sqlx::query_as(&sql)
             .bind(all_running)
             .bind(now)
+            .bind(me)
             .fetch_all(pool)
             .await)?)
     }

@@ -147,6 +147,11 @@ impl AppBuilder {
         if let Some(database) = &self.database {
             command.env("DATABASE_URL", &database.url);
         }
+        // A stable name per data directory: a restarted server (same directory) is the same
+        // replica and takes back its own leftovers at once instead of waiting for their leases.
+        let name =
+            dir.path().file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        command.env("NIM_REPLICA_NAME", format!("test{name}"));
         for (key, value) in &self.envs {
             command.env(key, value);
         }
