@@ -379,7 +379,9 @@ pub fn agent_binary() -> PathBuf {
     path
 }
 
-/// A modules folder with the repository's `terraform/local` and the test fixtures.
+/// A modules folder with the repository's `terraform/local` and the test fixtures. Fixtures
+/// hold only what is particular to them: each gets the local module's `variables.tf` (the
+/// module contract), so the contract is declared in one place.
 pub fn modules_dir(into: &Path) -> PathBuf {
     let root = into.join("modules");
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../terraform/local");
@@ -387,7 +389,9 @@ pub fn modules_dir(into: &Path) -> PathBuf {
     copy_dir(&repo, &root.join("local"));
     for entry in std::fs::read_dir(fixtures).expect("fixtures") {
         let entry = entry.expect("fixture");
-        copy_dir(&entry.path(), &root.join(entry.file_name()));
+        let target = root.join(entry.file_name());
+        copy_dir(&entry.path(), &target);
+        std::fs::copy(repo.join("variables.tf"), target.join("variables.tf")).expect("contract");
     }
     root
 }
