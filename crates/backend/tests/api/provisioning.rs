@@ -467,7 +467,8 @@ async fn cancelling_a_running_apply_fails_the_deployment_and_destroy_still_works
 async fn a_backend_killed_mid_apply_resumes_the_run_once_after_restart() {
     let mut first = app().provisioning().spawn().await;
     let token = first.token("crash@example.com").await;
-    let created = provision(&first, &token, json!({"name": "phoenix", "provider": "local", "variables": {"machine_count": 2, "boot_delay_seconds": 3}})).await;
+    // Machines boot for 10 s: a window the test cannot miss on a loaded machine.
+    let created = provision(&first, &token, json!({"name": "phoenix", "provider": "local", "variables": {"machine_count": 2, "boot_delay_seconds": 10}})).await;
     let id = created["deployment"]["id"].as_str().unwrap().to_owned();
     wait_for(&first, &token, &id, "the apply to start", |d| {
         d["latest_run"]["status"] == "running" && d["latest_run"]["progress"]["total"] == 2
