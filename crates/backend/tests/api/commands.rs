@@ -579,7 +579,7 @@ async fn sigterm_interrupts_running_commands_and_records_them_before_exiting() {
 
     let started = Instant::now();
     assert!(first.terminate().success());
-    assert!(started.elapsed() < Duration::from_secs(10), "shutdown took {:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(30), "shutdown took {:?}", started.elapsed());
     let deadline = Instant::now() + Duration::from_secs(10);
     while alive(pid) {
         assert!(Instant::now() < deadline, "the interrupted command still runs");

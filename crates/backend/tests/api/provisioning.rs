@@ -511,7 +511,7 @@ async fn sigterm_during_a_run_interrupts_it_cleanly_and_the_next_start_resumes_i
     let started = Instant::now();
     let status = first.terminate();
     assert!(status.success(), "{status:?}");
-    assert!(started.elapsed() < Duration::from_secs(10), "shutdown took {:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(30), "shutdown took {:?}", started.elapsed());
 
     // Restarted with fast machines: the re-queued apply completes.
     let second = app().provisioning().dir(first.into_dir()).spawn().await;
