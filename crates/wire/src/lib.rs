@@ -4,7 +4,10 @@
 
 pub mod agent;
 pub mod auth;
+pub mod commands;
+pub mod deployments;
 pub mod problem;
+pub mod status;
 
 pub use agent::{ExecRequest, ExecResponse, GpuInfo, HealthResponse, InfoResponse};
 pub use auth::{Session, SignUpResponse, User};

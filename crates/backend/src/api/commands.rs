@@ -8,21 +8,19 @@ use axum::{
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use utoipa::{IntoParams, ToSchema};
+use serde::Deserialize;
+use utoipa::IntoParams;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
-use wire::Problem;
+use wire::{
+    Problem,
+    commands::{CommandPage, CommandRequest, CommandSummary, CommandView, ResultView},
+};
 
 use super::{ApiError, AppState, Json, Path, Query, infrastructure::page_limit};
 use crate::{
-    domain::{CommandStatus, ResultStatus},
-    services::{
-        auth::AuthUser,
-        commands::{CommandRequest, CommandService},
-    },
+    domain::ResultStatus,
+    services::{auth::AuthUser, commands::CommandService},
     store::{CommandResultRow, CommandRow},
 };
 
@@ -54,68 +52,6 @@ pub(super) struct PageParams {
     before: Option<Uuid>,
 }
 
-/// Counts of machines by result status.
-#[derive(Debug, Default, Serialize, ToSchema)]
-pub(super) struct Summary {
-    total: usize,
-    succeeded: usize,
-    failed: usize,
-    timed_out: usize,
-    unreachable: usize,
-    rejected: usize,
-    skipped: usize,
-    cancelled: usize,
-    interrupted: usize,
-    /// Not started yet.
-    pending: usize,
-    /// Started, no answer yet.
-    running: usize,
-}
-
-impl Summary {
-    fn of(statuses: impl IntoIterator<Item = ResultStatus>) -> Self {
-        let mut summary = Self::default();
-        for status in statuses {
-            summary.total += 1;
-            *match status {
-                ResultStatus::Pending => &mut summary.pending,
-                ResultStatus::Running => &mut summary.running,
-                ResultStatus::Succeeded => &mut summary.succeeded,
-                ResultStatus::Failed => &mut summary.failed,
-                ResultStatus::TimedOut => &mut summary.timed_out,
-                ResultStatus::Unreachable => &mut summary.unreachable,
-                ResultStatus::Rejected => &mut summary.rejected,
-                ResultStatus::Skipped => &mut summary.skipped,
-                ResultStatus::Cancelled => &mut summary.cancelled,
-                ResultStatus::Interrupted => &mut summary.interrupted,
-            } += 1;
-        }
-        summary
-    }
-}
-
-/// One machine's part of a command.
-#[derive(Debug, Serialize, ToSchema)]
-pub(super) struct ResultView {
-    machine: String,
-    /// Where its agent was called, `host:port`.
-    address: Option<String>,
-    status: ResultStatus,
-    exit_code: Option<i64>,
-    /// The signal that ended the command (9 after a timeout).
-    signal: Option<i64>,
-    stdout: Option<String>,
-    stderr: Option<String>,
-    /// Output past the agent's cap was discarded.
-    truncated: bool,
-    /// The command's run time on the machine (the call's when the agent did not answer).
-    duration_ms: Option<i64>,
-    /// Why it did not succeed when there is no exit code to say it.
-    error: Option<String>,
-    started_at: Option<DateTime<Utc>>,
-    finished_at: Option<DateTime<Utc>>,
-}
-
 impl From<CommandResultRow> for ResultView {
     fn from(row: CommandResultRow) -> Self {
         Self {
@@ -135,52 +71,30 @@ impl From<CommandResultRow> for ResultView {
     }
 }
 
-/// A command and, on everything but the list, its per-machine results.
-#[derive(Debug, Serialize, ToSchema)]
-pub(super) struct CommandView {
-    id: Uuid,
-    deployment_id: Uuid,
-    /// The command as accepted, defaults filled in.
-    #[schema(value_type = Object)]
-    request: Value,
-    /// Rolled up from the results; see `ARCHITECTURE.md` (commands).
-    status: CommandStatus,
-    created_at: DateTime<Utc>,
-    finished_at: Option<DateTime<Utc>>,
-    cancel_requested_at: Option<DateTime<Utc>>,
-    summary: Summary,
-    #[serde(skip_serializing_if = "Option::is_none")]
+/// A command's view from its row and its machines' statuses (the list shows no results).
+fn command_view(
+    row: CommandRow,
+    statuses: Vec<ResultStatus>,
     results: Option<Vec<ResultView>>,
-}
-
-impl CommandView {
-    fn new(row: CommandRow, statuses: Vec<ResultStatus>, results: Option<Vec<ResultView>>) -> Self {
-        Self {
-            id: row.id,
-            deployment_id: row.deployment_id,
-            status: row.status(),
-            request: row.request.0,
-            created_at: row.created_at,
-            finished_at: row.finished_at,
-            cancel_requested_at: row.cancel_requested_at,
-            summary: Summary::of(statuses),
-            results,
-        }
-    }
-
-    fn with_results(row: CommandRow, results: Vec<CommandResultRow>) -> Self {
-        let statuses = results.iter().map(CommandResultRow::status).collect();
-        Self::new(row, statuses, Some(results.into_iter().map(Into::into).collect()))
+) -> CommandView {
+    CommandView {
+        id: row.id,
+        deployment_id: row.deployment_id,
+        status: row.status(),
+        request: row.request.0,
+        created_at: row.created_at,
+        finished_at: row.finished_at,
+        cancel_requested_at: row.cancel_requested_at,
+        summary: CommandSummary::of(statuses),
+        results,
     }
 }
 
-#[derive(Debug, Serialize, ToSchema)]
-pub(super) struct CommandPage {
-    items: Vec<CommandView>,
-    /// Pass as `before` for the next page; absent on the last page.
-    next_before: Option<Uuid>,
+/// A command's view with every machine's result.
+fn with_results(row: CommandRow, results: Vec<CommandResultRow>) -> CommandView {
+    let statuses = results.iter().map(CommandResultRow::status).collect();
+    command_view(row, statuses, Some(results.into_iter().map(Into::into).collect()))
 }
-
 /// Run a command on a ready deployment's machines.
 ///
 /// The command and a pending result per machine are stored before anything is sent. At most
@@ -213,7 +127,7 @@ async fn send_command(
     let started = commands.start(user.id, id, request).await?;
     let command_id = started.command.id;
     if params.wait == Some(false) {
-        let view = CommandView::with_results(started.command.clone(), started.results.clone());
+        let view = with_results(started.command.clone(), started.results.clone());
         let mut response = (StatusCode::ACCEPTED, Json(view)).into_response();
         if let Ok(location) =
             HeaderValue::try_from(format!("/infrastructure/{id}/commands/{command_id}"))
@@ -224,7 +138,7 @@ async fn send_command(
     }
     started.finished().await;
     let (command, results) = commands.get(user.id, id, command_id).await?;
-    Ok(Json(CommandView::with_results(command, results)).into_response())
+    Ok(Json(with_results(command, results)).into_response())
 }
 
 /// A deployment's commands, newest first, with their summaries (without per-machine output).
@@ -247,8 +161,7 @@ async fn list_commands(
     let rows = commands.list(user.id, id, params.before, limit).await?;
     let next_before =
         (rows.len() == limit as usize).then(|| rows.last().map(|(c, _)| c.id)).flatten();
-    let items =
-        rows.into_iter().map(|(row, statuses)| CommandView::new(row, statuses, None)).collect();
+    let items = rows.into_iter().map(|(row, statuses)| command_view(row, statuses, None)).collect();
     Ok(Json(CommandPage { items, next_before }))
 }
 
@@ -267,7 +180,7 @@ async fn get_command(
     Path((id, command_id)): Path<(Uuid, Uuid)>,
 ) -> Result<Json<CommandView>, ApiError> {
     let (command, results) = commands.get(user.id, id, command_id).await?;
-    Ok(Json(CommandView::with_results(command, results)))
+    Ok(Json(with_results(command, results)))
 }
 
 /// Cancel a running command.
@@ -290,5 +203,5 @@ async fn cancel_command(
     Path((id, command_id)): Path<(Uuid, Uuid)>,
 ) -> Result<impl IntoResponse, ApiError> {
     let (command, results) = commands.cancel(user.id, id, command_id).await?;
-    Ok((StatusCode::ACCEPTED, Json(CommandView::with_results(command, results))))
+    Ok((StatusCode::ACCEPTED, Json(with_results(command, results))))
 }

@@ -12,21 +12,27 @@ use axum::{
         sse::{Event, KeepAlive, Sse},
     },
 };
-use chrono::{DateTime, Utc};
 use futures_util::Stream;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Map, Value};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::IntoParams;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
-use wire::Problem;
+use wire::{
+    Problem,
+    deployments::{
+        DeploymentPage, DeploymentView, EventView, MachineView, PlanSummary, Progress,
+        ProviderView, ProvidersResponse, ProvisionBody, ProvisionResponse, RunDetail, RunPage,
+        RunView, VariableView,
+    },
+};
 
 use super::{ApiError, AppState, Json, Path, Query};
 use crate::{
-    domain::{DeploymentStatus, MachineStatus, RunKind, RunStatus},
+    domain::{DeploymentStatus, MachineStatus},
     services::{
         auth::AuthUser,
-        deployments::{PlanSummary, ProvisionRequest, Provisioning},
+        deployments::{ProvisionRequest, Provisioning},
         events::EventBus,
     },
     store::{DeploymentQuery, DeploymentRow, MachineRow, RunEventRow, RunRow},
@@ -50,52 +56,6 @@ const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
 // ---- wire shapes -------------------------------------------------------------------------
 
-#[derive(Debug, Serialize, ToSchema)]
-pub(super) struct ProvidersResponse {
-    providers: Vec<ProviderView>,
-}
-
-/// A provider module and the form a frontend should render for it.
-#[derive(Debug, Serialize, ToSchema)]
-pub(super) struct ProviderView {
-    name: String,
-    variables: Vec<VariableView>,
-    outputs: Vec<String>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub(super) struct VariableView {
-    name: String,
-    /// The Terraform type constraint, e.g. `string`, `list(number)`.
-    #[serde(rename = "type")]
-    ty: String,
-    #[schema(value_type = Option<Object>)]
-    default: Option<Value>,
-    description: Option<String>,
-    /// Stored sealed and never shown back.
-    sensitive: bool,
-    nullable: bool,
-    /// The caller must give it.
-    required: bool,
-    /// Set by the backend (token, certificates, ids); the caller cannot give it.
-    backend_filled: bool,
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(super) struct ProvisionBody {
-    /// 1-63 lowercase letters, digits and hyphens, starting with a letter.
-    #[schema(example = "gpu-fleet")]
-    name: String,
-    /// A module from `GET /providers`.
-    #[schema(example = "local")]
-    provider: String,
-    /// Values for the module's variables.
-    #[serde(default)]
-    #[schema(value_type = Object, example = json!({"machine_count": 3}))]
-    variables: Map<String, Value>,
-}
-
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(super) struct ProvisionParams {
@@ -104,108 +64,13 @@ pub(super) struct ProvisionParams {
     dry_run: bool,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
-pub(super) struct ProvisionResponse {
-    deployment: DeploymentView,
-    run: RunView,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub(super) struct DeploymentView {
-    id: Uuid,
-    name: String,
-    provider: String,
-    status: DeploymentStatus,
-    /// Why it failed, when it did.
-    status_reason: Option<String>,
-    /// The non-sensitive variables it was provisioned with.
-    #[schema(value_type = Object)]
-    variables: Map<String, Value>,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-    /// Present on `GET /infrastructure/{id}`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    machines: Option<Vec<MachineView>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    latest_run: Option<RunView>,
-    /// Some machines' agents did not answer the last health check.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    degraded: Option<bool>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub(super) struct MachineView {
-    name: String,
-    public_ip: Option<String>,
-    private_ip: Option<String>,
-    agent_port: Option<i64>,
-    status: MachineStatus,
-    last_seen_at: Option<DateTime<Utc>>,
-    #[schema(value_type = Option<Object>)]
-    info: Option<Value>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub(super) struct RunView {
-    id: Uuid,
-    deployment_id: Uuid,
-    kind: RunKind,
-    status: RunStatus,
-    /// How many times this run is a re-queue of an interrupted one.
-    attempt: i64,
-    error: Option<String>,
-    progress: Progress,
-    created_at: DateTime<Utc>,
-    started_at: Option<DateTime<Utc>>,
-    finished_at: Option<DateTime<Utc>>,
-    cancel_requested_at: Option<DateTime<Utc>>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub(super) struct Progress {
-    done: i64,
-    total: i64,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub(super) struct RunDetail {
-    #[serde(flatten)]
-    run: RunView,
-    /// The run's stored log, in order.
-    events: Vec<EventView>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub(super) struct EventView {
-    /// Orders every event of the deployment; the SSE event id.
-    id: i64,
-    run_id: Uuid,
-    seq: i64,
-    at: DateTime<Utc>,
-    /// `status`, `progress`, `log` or `run_finished`.
-    kind: String,
-    #[schema(value_type = Object)]
-    data: Value,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub(super) struct DeploymentPage {
-    items: Vec<DeploymentView>,
-    /// Pass as `before` for the next page; absent on the last page.
-    next_before: Option<Uuid>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub(super) struct RunPage {
-    items: Vec<RunView>,
-    next_before: Option<Uuid>,
-}
-
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(super) struct ListParams {
     /// Only deployments in this status.
     status: Option<DeploymentStatus>,
+    /// Only deployments of this name.
+    name: Option<String>,
     /// Page size, 1-100 (default 20).
     limit: Option<u32>,
     /// Only items older than this id (the previous page's `next_before`).
@@ -416,7 +281,8 @@ async fn list_deployments(
     Query(params): Query<ListParams>,
 ) -> Result<Json<DeploymentPage>, ApiError> {
     let limit = page_limit(params.limit)?;
-    let query = DeploymentQuery { status: params.status, before: params.before, limit };
+    let query =
+        DeploymentQuery { status: params.status, name: params.name, before: params.before, limit };
     let rows = provisioning.list(user.id, &query).await?;
     let next_before = (rows.len() == limit as usize).then(|| rows.last().map(|d| d.id)).flatten();
     Ok(Json(DeploymentPage { items: rows.into_iter().map(Into::into).collect(), next_before }))

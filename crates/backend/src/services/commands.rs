@@ -8,20 +8,21 @@
 //! up does not stop it (cancelling does), and `?wait=false` is the same code path.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
-    fmt,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use chrono::Utc;
 use futures_util::{StreamExt, stream::FuturesUnordered};
-use serde::{Deserialize, Serialize, de};
 use sqlx::types::Json;
 use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-use wire::{ExecRequest, ExecResponse, FieldError};
+use wire::{
+    ExecRequest, ExecResponse, FieldError,
+    commands::{CommandRequest, Scale},
+};
 
 use super::{
     cloud_client::{AgentTarget, CloudClientService, MachineResult, MachineStatus},
@@ -57,131 +58,28 @@ pub enum CommandError {
     Internal(#[from] anyhow::Error),
 }
 
-/// A count of machines, or a percentage of the machines a command targets (`"25%"`), as SSM's
-/// `MaxConcurrency` and `MaxErrors` are given: a JSON number, or a string holding either form.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scale {
-    Count(u32),
-    Percent(u32),
-}
-
-impl Scale {
-    /// How many machines this means out of `total`: a percentage is rounded up, and is at least 1.
-    pub fn of(self, total: usize) -> usize {
-        match self {
-            Self::Count(count) => count as usize,
-            Self::Percent(percent) => (total * percent as usize).div_ceil(100).max(1),
+/// Checks the range; `what` names the field in the message.
+fn check_scale(scale: Scale, field: &str, max_count: u32, errors: &mut Vec<FieldError>) {
+    match scale {
+        Scale::Count(count) if count == 0 || count > max_count => errors.push(FieldError::new(
+            field,
+            format!("must be a count from 1 to {max_count} or a percentage from 1% to 100%"),
+        )),
+        Scale::Percent(percent) if percent == 0 || percent > 100 => {
+            errors.push(FieldError::new(field, "a percentage must be from 1% to 100%".to_owned()))
         }
-    }
-
-    /// Checks the range; `what` names the field in the message.
-    fn check(self, field: &str, max_count: u32, errors: &mut Vec<FieldError>) {
-        match self {
-            Self::Count(count) if count == 0 || count > max_count => errors.push(FieldError::new(
-                field,
-                format!("must be a count from 1 to {max_count} or a percentage from 1% to 100%"),
-            )),
-            Self::Percent(percent) if percent == 0 || percent > 100 => errors
-                .push(FieldError::new(field, "a percentage must be from 1% to 100%".to_owned())),
-            _ => {}
-        }
+        _ => {}
     }
 }
 
-impl fmt::Display for Scale {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Count(count) => write!(f, "{count}"),
-            Self::Percent(percent) => write!(f, "{percent}%"),
-        }
-    }
+/// What the backend adds to the wire type: its checks and what the agents are sent.
+trait CommandRequestExt {
+    fn check(&self) -> Vec<FieldError>;
+    fn timeout(&self) -> Duration;
+    fn exec_request(&self, command_id: Uuid) -> ExecRequest;
 }
 
-impl Serialize for Scale {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Self::Count(count) => serializer.serialize_u32(*count),
-            Self::Percent(_) => serializer.collect_str(self),
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for Scale {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl de::Visitor<'_> for Visitor {
-            type Value = Scale;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a count of machines (like 10) or a percentage (like \"25%\")")
-            }
-            fn visit_u64<E: de::Error>(self, value: u64) -> Result<Scale, E> {
-                u32::try_from(value).map(Scale::Count).map_err(|_| E::custom("count is too large"))
-            }
-            fn visit_i64<E: de::Error>(self, value: i64) -> Result<Scale, E> {
-                u64::try_from(value)
-                    .map_err(|_| E::custom("must not be negative"))
-                    .and_then(|v| self.visit_u64(v))
-            }
-            fn visit_str<E: de::Error>(self, value: &str) -> Result<Scale, E> {
-                let value = value.trim();
-                let parsed = match value.strip_suffix('%') {
-                    Some(percent) => percent.trim().parse().map(Scale::Percent),
-                    None => value.parse().map(Scale::Count),
-                };
-                parsed.map_err(|_| {
-                    E::custom(format!(
-                        "\"{value}\" is neither a count (like 10) nor a percentage (like \"25%\")"
-                    ))
-                })
-            }
-        }
-        deserializer.deserialize_any(Visitor)
-    }
-}
-
-/// A command as `POST /infrastructure/{id}/command` takes it, and as it is stored (with the
-/// defaults filled in).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CommandRequest {
-    /// The program and its arguments, run without a shell. Give this or `shell`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(example = json!(["uname", "-a"]))]
-    pub argv: Option<Vec<String>>,
-    /// A script for `/bin/sh -c`. Give this or `argv`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub shell: Option<String>,
-    /// Environment variables added for the command. Each machine also gets `NIM_MACHINE` (its
-    /// name) and `NIM_COMMAND_ID`. Stored with the command: do not pass secrets here.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub env: BTreeMap<String, String>,
-    /// Working directory on the machines; must exist there.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cwd: Option<String>,
-    /// Written to the command's standard input.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stdin: Option<String>,
-    /// Seconds each machine's command may run before its process group is killed: 1-3600,
-    /// default 60.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout_s: Option<u64>,
-    /// Names of the machines to run on; default: every machine of the deployment.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub machines: Option<Vec<String>>,
-    /// Machines running the command at once: a count (1-1000) or a percentage of the targeted
-    /// machines (`"25%"`, rounded up). Default 64.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<String>, example = "25%")]
-    pub max_concurrency: Option<Scale>,
-    /// Once this many machines (a count, or a percentage of the targeted machines) have failed,
-    /// timed out, been unreachable or rejected the command, no further machine is started; those
-    /// are reported `skipped`. Machines already running finish. Default: no limit.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<String>, example = "1")]
-    pub max_errors: Option<Scale>,
-}
-
-impl CommandRequest {
+impl CommandRequestExt for CommandRequest {
     /// Every problem with the request that does not need the deployment.
     fn check(&self) -> Vec<FieldError> {
         let mut errors = Vec::new();
@@ -238,10 +136,10 @@ impl CommandRequest {
             }
         }
         if let Some(scale) = self.max_concurrency {
-            scale.check("max_concurrency", MAX_CONCURRENCY, &mut errors);
+            check_scale(scale, "max_concurrency", MAX_CONCURRENCY, &mut errors);
         }
         if let Some(scale) = self.max_errors {
-            scale.check("max_errors", u32::MAX, &mut errors);
+            check_scale(scale, "max_errors", u32::MAX, &mut errors);
         }
         errors
     }
@@ -774,23 +672,9 @@ fn result_row(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::collections::BTreeMap;
 
-    #[test]
-    fn scales_are_counts_or_percentages() {
-        let parse = |v: serde_json::Value| serde_json::from_value::<Scale>(v);
-        assert_eq!(parse(serde_json::json!(3)).unwrap(), Scale::Count(3));
-        assert_eq!(parse(serde_json::json!("3")).unwrap(), Scale::Count(3));
-        assert_eq!(parse(serde_json::json!("25%")).unwrap(), Scale::Percent(25));
-        assert!(parse(serde_json::json!(-1)).is_err());
-        assert!(parse(serde_json::json!("many")).unwrap_err().to_string().contains("\"many\""));
-        assert!(parse(serde_json::json!(1.5)).is_err());
-        assert_eq!(Scale::Percent(25).of(5), 2);
-        assert_eq!(Scale::Percent(1).of(5), 1);
-        assert_eq!(Scale::Percent(100).of(5), 5);
-        assert_eq!(serde_json::to_value(Scale::Percent(40)).unwrap(), "40%");
-        assert_eq!(serde_json::to_value(Scale::Count(4)).unwrap(), 4);
-    }
+    use super::*;
 
     #[test]
     fn requests_are_checked_field_by_field() {

@@ -14,6 +14,7 @@ use sqlx::types::Json;
 use tokio::sync::{Notify, mpsc};
 use uuid::Uuid;
 use wire::FieldError;
+use wire::deployments::{PlanSummary, PlannedResource};
 
 use super::{
     agent_download::AgentDistribution,
@@ -64,21 +65,6 @@ pub struct ProvisionRequest {
     pub name: String,
     pub provider: String,
     pub variables: Map<String, Value>,
-}
-
-/// What a dry run would do.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct PlanSummary {
-    pub add: u64,
-    pub change: u64,
-    pub destroy: u64,
-    pub resources: Vec<PlannedResource>,
-}
-
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct PlannedResource {
-    pub address: String,
-    pub action: String,
 }
 
 /// The sealed part of a deployment.

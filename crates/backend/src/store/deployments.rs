@@ -89,6 +89,8 @@ const MACHINE_COLUMNS: &str = "id, deployment_id, name, public_ip, private_ip, a
 #[derive(Debug, Clone, Default)]
 pub struct DeploymentQuery {
     pub status: Option<DeploymentStatus>,
+    /// Only deployments of this name (names need not be unique).
+    pub name: Option<String>,
     /// Only deployments older than this one (the previous page's last id).
     pub before: Option<Uuid>,
     pub limit: u32,
@@ -188,7 +190,7 @@ impl Store {
         let sql = format!(
             "SELECT {DEPLOYMENT_COLUMNS} FROM deployments \
              WHERE owner_id = $1 AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR id < $3) \
-             ORDER BY id DESC LIMIT $4"
+             AND ($4 IS NULL OR name = $4) ORDER BY id DESC LIMIT $5"
         );
         let status = query.status.map(DeploymentStatus::as_str);
         Ok(on_db!(self, |pool| {
@@ -196,6 +198,7 @@ impl Store {
                 .bind(owner_id)
                 .bind(status)
                 .bind(query.before)
+                .bind(query.name.as_deref())
                 .bind(i64::from(query.limit))
                 .fetch_all(pool)
                 .await

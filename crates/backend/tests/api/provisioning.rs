@@ -404,6 +404,11 @@ async fn another_users_deployment_is_404_everywhere() {
 
     let list = json_ok(app.get("/infrastructure?status=failed&limit=5", Some(&owner)).await).await;
     assert!(list["items"].as_array().unwrap().iter().all(|d| d["status"] == "failed"));
+    let named = json_ok(app.get("/infrastructure?name=mine", Some(&owner)).await).await;
+    assert_eq!(named["items"].as_array().unwrap().len(), 1);
+    assert_eq!(named["items"][0]["id"], id);
+    let unnamed = json_ok(app.get("/infrastructure?name=yours", Some(&owner)).await).await;
+    assert_eq!(unnamed["items"], json!([]));
     assert_problem(
         app.get("/infrastructure?status=bogus", Some(&owner)).await,
         400,

@@ -1,0 +1,200 @@
+//! What `/providers`, `/provision` and `/infrastructure/*` answer: deployments, their machines,
+//! runs and run events. The backend builds these from its rows; `nimctl` reads them back.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::status::{DeploymentStatus, MachineStatus, RunKind, RunStatus};
+
+/// `GET /providers`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ProvidersResponse {
+    pub providers: Vec<ProviderView>,
+}
+
+/// A provider module and the form a frontend should render for it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ProviderView {
+    pub name: String,
+    pub variables: Vec<VariableView>,
+    pub outputs: Vec<String>,
+}
+
+/// One variable a module declares.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct VariableView {
+    pub name: String,
+    /// The Terraform type constraint, e.g. `string`, `list(number)`.
+    #[serde(rename = "type")]
+    pub ty: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub default: Option<Value>,
+    pub description: Option<String>,
+    /// Stored sealed and never shown back.
+    pub sensitive: bool,
+    pub nullable: bool,
+    /// The caller must give it.
+    pub required: bool,
+    /// Set by the backend (token, certificates, ids); the caller cannot give it.
+    pub backend_filled: bool,
+}
+
+/// `POST /provision`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ProvisionBody {
+    /// 1-63 lowercase letters, digits and hyphens, starting with a letter.
+    #[cfg_attr(feature = "openapi", schema(example = "gpu-fleet"))]
+    pub name: String,
+    /// A module from `GET /providers`.
+    #[cfg_attr(feature = "openapi", schema(example = "local"))]
+    pub provider: String,
+    /// Values for the module's variables.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object, example = json!({"machine_count": 3})))]
+    pub variables: Map<String, Value>,
+}
+
+/// What `POST /provision` and `DELETE /infrastructure/{id}` answer: the deployment and the run
+/// they queued.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ProvisionResponse {
+    pub deployment: DeploymentView,
+    pub run: RunView,
+}
+
+/// What a dry run would do.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PlanSummary {
+    pub add: u64,
+    pub change: u64,
+    pub destroy: u64,
+    pub resources: Vec<PlannedResource>,
+}
+
+/// One resource a dry run would touch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PlannedResource {
+    pub address: String,
+    /// `create`, `update`, `delete`, `replace`, ...
+    pub action: String,
+}
+
+/// A deployment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeploymentView {
+    pub id: Uuid,
+    pub name: String,
+    pub provider: String,
+    pub status: DeploymentStatus,
+    /// Why it failed, when it did.
+    pub status_reason: Option<String>,
+    /// The non-sensitive variables it was provisioned with.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub variables: Map<String, Value>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// Present on `GET /infrastructure/{id}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machines: Option<Vec<MachineView>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_run: Option<RunView>,
+    /// Some machines' agents did not answer the last health check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<bool>,
+}
+
+/// One machine of a deployment, as its module's `machines` output and the health checker
+/// describe it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct MachineView {
+    pub name: String,
+    pub public_ip: Option<String>,
+    pub private_ip: Option<String>,
+    pub agent_port: Option<i64>,
+    pub status: MachineStatus,
+    pub last_seen_at: Option<DateTime<Utc>>,
+    /// The agent's `/v1/info` at its last health check.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub info: Option<Value>,
+}
+
+/// A Terraform run (`apply` or `destroy`) of a deployment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RunView {
+    pub id: Uuid,
+    pub deployment_id: Uuid,
+    pub kind: RunKind,
+    pub status: RunStatus,
+    /// How many times this run is a re-queue of an interrupted one.
+    pub attempt: i64,
+    pub error: Option<String>,
+    pub progress: Progress,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub cancel_requested_at: Option<DateTime<Utc>>,
+}
+
+/// Resources done out of those the plan touches.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Progress {
+    pub done: i64,
+    pub total: i64,
+}
+
+/// `GET /infrastructure/{id}/runs/{run_id}`: a run with its stored log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RunDetail {
+    #[serde(flatten)]
+    pub run: RunView,
+    /// The run's stored log, in order.
+    pub events: Vec<EventView>,
+}
+
+/// One stored run event.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct EventView {
+    /// Orders every event of the deployment; the SSE event id.
+    pub id: i64,
+    pub run_id: Uuid,
+    pub seq: i64,
+    pub at: DateTime<Utc>,
+    /// `status`, `progress`, `log` or `run_finished`.
+    pub kind: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub data: Value,
+}
+
+/// `GET /infrastructure`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeploymentPage {
+    pub items: Vec<DeploymentView>,
+    /// Pass as `before` for the next page; absent on the last page.
+    pub next_before: Option<Uuid>,
+}
+
+/// `GET /infrastructure/{id}/runs`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RunPage {
+    pub items: Vec<RunView>,
+    /// Pass as `before` for the next page; absent on the last page.
+    pub next_before: Option<Uuid>,
+}
