@@ -24,6 +24,13 @@ pub struct ProviderView {
     pub outputs: Vec<String>,
 }
 
+impl ProviderView {
+    /// The variables a caller may give (not the ones the backend fills in).
+    pub fn settable(&self) -> impl Iterator<Item = &VariableView> {
+        self.variables.iter().filter(|v| !v.backend_filled)
+    }
+}
+
 /// One variable a module declares.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -434,15 +434,6 @@ impl RunWorker {
             "-lock-timeout=120s".into(),
             "tfplan".into(),
         ];
-        let (sink, mut messages) = mpsc::unbounded_channel::<UiMessage>();
-        let forward = {
-            let records = records.clone();
-            tokio::spawn(async move {
-                while let Some(message) = messages.recv().await {
-                    let _ = records.send(Record::Terraform(Box::new(message)));
-                }
-            })
-        };
         let mut end = RunEnd::Succeeded;
         let mut steps: Vec<(&'static str, Vec<String>)> = vec![("init", init_args())];
         if self.ctx.state_database.is_some() {
@@ -470,7 +461,20 @@ impl RunWorker {
                 true => self.store().advisory_lock(TERRAFORM_SETUP_LOCK).await?,
                 false => None,
             };
+            // Each step's messages are forwarded to the run log before the next step starts, so
+            // its log and progress never mix with the next one's.
+            let (sink, mut messages) = mpsc::unbounded_channel::<UiMessage>();
+            let forward = {
+                let records = records.clone();
+                tokio::spawn(async move {
+                    while let Some(message) = messages.recv().await {
+                        let _ = records.send(Record::Terraform(Box::new(message)));
+                    }
+                })
+            };
             let exit = terraform.run(&workspace.module_dir, &args, &env, &stop, &sink).await;
+            drop(sink);
+            let _ = forward.await;
             if let Some(lock) = cluster {
                 lock.release().await;
             }
@@ -484,8 +488,6 @@ impl RunWorker {
             };
             break;
         }
-        drop(sink);
-        let _ = forward.await;
         workspace.remove_plan();
         if !matches!(end, RunEnd::Succeeded) {
             return Ok(end);

@@ -361,23 +361,34 @@ pub fn exists(path: &Path) -> bool {
     path.try_exists().unwrap_or(false)
 }
 
-/// The `nim-agent` binary `terraform/local` runs: built beside `nim-backend`, by this test run if
-/// it is not there yet (e.g. `cargo test -p backend` alone does not build other packages).
+/// The `nim-agent` binary `terraform/local` runs.
 pub fn agent_binary() -> PathBuf {
-    static BUILT: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
-    let path = Path::new(env!("CARGO_BIN_EXE_nim-backend")).with_file_name("nim-agent");
+    workspace_binary("agent", "nim-agent")
+}
+
+/// The `nimctl` binary.
+pub fn nimctl_binary() -> PathBuf {
+    workspace_binary("cli", "nimctl")
+}
+
+/// A binary of another workspace package, built beside `nim-backend`: by this test run if it is
+/// not there yet (`cargo test -p backend` alone does not build other packages).
+fn workspace_binary(package: &str, bin: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let path = Path::new(env!("CARGO_BIN_EXE_nim-backend")).with_file_name(bin);
     let mut built = BUILT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    if !*built && !path.exists() {
-        // Build it with the profile this binary was built with (benches run in release).
+    if !built.iter().any(|b| b == bin) {
+        // Always ask cargo: it rebuilds a binary whose sources changed and is quick otherwise.
+        // Build with the profile this binary was built with (benches run in release).
         let release = path.parent().is_some_and(|dir| dir.ends_with("release"));
-        let mut args = vec!["build", "-p", "agent", "--bin", "nim-agent"];
+        let mut args = vec!["build", "-p", package, "--bin", bin];
         if release {
             args.push("--release");
         }
         let status = Command::new(env!("CARGO")).args(args).status().expect("cargo runs");
-        assert!(status.success(), "failed to build nim-agent for the tests");
+        assert!(status.success(), "failed to build {bin} for the tests");
+        built.push(bin.to_owned());
     }
-    *built = true;
     path
 }
 

@@ -9,6 +9,7 @@ mod clouds;
 mod commands;
 mod gotrue_stub;
 mod helpers;
+mod nimctl;
 mod postgres;
 mod provisioning;
 mod server;
