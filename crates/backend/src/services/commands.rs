@@ -42,6 +42,9 @@ pub const DEFAULT_MAX_CONCURRENCY: u32 = 64;
 /// Largest `max_concurrency` count: each machine in flight holds a connection and a task.
 pub const MAX_CONCURRENCY: u32 = 1000;
 
+/// How often a replica running commands looks for cancels asked of another replica.
+const CANCEL_POLL: Duration = Duration::from_secs(1);
+
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
     #[error("invalid input")]
@@ -237,11 +240,20 @@ impl CommandService {
     /// Renews this replica's command leases every third of the lease, and (for replicas sharing
     /// Postgres) interrupts commands whose runner stopped renewing, until `shutdown`.
     pub async fn keep_leases_until_stopped(self, shutdown: CancellationToken) {
+        let renew_every = self.inner.lease / 3;
+        let mut renewed = tokio::time::Instant::now();
         loop {
             tokio::select! {
-                () = tokio::time::sleep(self.inner.lease / 3) => {}
+                () = tokio::time::sleep(CANCEL_POLL.min(renew_every)) => {}
                 () = shutdown.cancelled() => return,
             }
+            if self.running_count() > 0 {
+                self.pick_up_cancels().await;
+            }
+            if renewed.elapsed() < renew_every {
+                continue;
+            }
+            renewed = tokio::time::Instant::now();
             let until = crate::domain::now()
                 + chrono::Duration::from_std(self.inner.lease).unwrap_or_default();
             if let Err(err) =
@@ -266,6 +278,26 @@ impl CommandService {
     }
 
     /// Waits until no command runs in this process.
+    /// Cancels the commands this replica runs whose cancel was asked of another replica (the
+    /// request is only a column in the shared database).
+    async fn pick_up_cancels(&self) {
+        let requested =
+            match self.inner.ctx.store.cancel_requested_commands(&self.inner.runner).await {
+                Ok(requested) => requested,
+                Err(err) => {
+                    tracing::warn!(error = %err, "failed to look for cancel requests; retrying");
+                    return;
+                }
+            };
+        let running = self.inner.running.lock().expect("never poisoned");
+        for command_id in requested {
+            if let Some(token) = running.get(&command_id).filter(|token| !token.is_cancelled()) {
+                tracing::info!(%command_id, "command cancel requested through another replica");
+                token.cancel();
+            }
+        }
+    }
+
     pub async fn wait_idle(&self) {
         loop {
             let idle = self.inner.idle.notified();
@@ -491,9 +523,9 @@ impl CommandService {
                         tracing::info!("command cancel requested");
                         token.cancel();
                     }
-                    // Running but not in this process: its process died, and the next start
-                    // marks it interrupted.
-                    None => tracing::warn!("cancel requested for a command no task runs"),
+                    // Running on another replica, which sees the request within `CANCEL_POLL`
+                    // (or, if that replica died, the command is marked interrupted).
+                    None => tracing::info!("command cancel requested of another replica"),
                 }
             }
             None => {

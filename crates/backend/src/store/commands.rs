@@ -79,6 +79,19 @@ impl Store {
         })?)
     }
 
+    /// The running commands of `runner` whose cancel was requested, through any replica.
+    pub async fn cancel_requested_commands(&self, runner: &str) -> StoreResult<Vec<Uuid>> {
+        Ok(on_db!(self, |pool| {
+            sqlx::query_scalar(
+                "SELECT id FROM commands \
+                 WHERE runner = $1 AND status = 'running' AND cancel_requested_at IS NOT NULL",
+            )
+            .bind(runner)
+            .fetch_all(pool)
+            .await
+        })?)
+    }
+
     /// Stores a new command and one `pending` result per machine, in one transaction.
     #[tracing::instrument(skip_all, fields(command_id = %command.id))]
     pub async fn create_command(

@@ -45,7 +45,7 @@ async fn run(app: &TestApp, token: &str, id: &str, body: Value) -> Value {
 }
 
 /// Sends a command with `wait=false`; checks the 202 and returns its body.
-async fn start(app: &TestApp, token: &str, id: &str, body: Value) -> (Value, String) {
+pub async fn start(app: &TestApp, token: &str, id: &str, body: Value) -> (Value, String) {
     let response = app
         .client
         .post(app.url(&format!("/infrastructure/{id}/command?wait=false")))
@@ -60,7 +60,7 @@ async fn start(app: &TestApp, token: &str, id: &str, body: Value) -> (Value, Str
 }
 
 /// The pid a command wrote into `file` (`echo $$ > file`), once it has.
-async fn read_pid(file: &std::path::Path) -> u32 {
+pub async fn read_pid(file: &std::path::Path) -> u32 {
     let started = Instant::now();
     loop {
         if let Some(pid) = std::fs::read_to_string(file).ok().and_then(|t| t.trim().parse().ok()) {
@@ -79,13 +79,13 @@ fn statuses(command: &Value) -> Vec<&str> {
     command["results"].as_array().unwrap().iter().map(|r| r["status"].as_str().unwrap()).collect()
 }
 
-async fn get_command(app: &TestApp, token: &str, id: &str, command_id: &str) -> Value {
+pub async fn get_command(app: &TestApp, token: &str, id: &str, command_id: &str) -> Value {
     json_ok(app.get(&format!("/infrastructure/{id}/commands/{command_id}"), Some(token)).await)
         .await
 }
 
 /// Polls a command until `done(command)` holds.
-async fn wait_for_command(
+pub async fn wait_for_command(
     app: &TestApp,
     token: &str,
     id: &str,
@@ -111,7 +111,7 @@ fn machine_dir(app: &TestApp, id: &str, machine: &str) -> PathBuf {
     app.dir.path().join(format!("data/deployments/{id}/modules/local/machines/{machine}"))
 }
 
-fn alive(pid: u32) -> bool {
+pub fn alive(pid: u32) -> bool {
     // A zombie has no cmdline; it is gone for our purposes.
     std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
 }

@@ -19,8 +19,12 @@ use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection, Row};
 use tokio::{net::TcpListener, task::AbortHandle};
 
-use crate::helpers::{
-    TestApp, app, assert_problem, json_ok, processes_mentioning, read_events_until_finished,
+use crate::{
+    commands::{alive, read_pid, start, wait_for_command},
+    helpers::{
+        TestApp, app, assert_problem, json_ok, processes_mentioning, read_events_until_finished,
+    },
+    provisioning::wait_for_status,
 };
 
 async fn provision(app: &TestApp, token: &str, body: Value) -> Value {
@@ -384,4 +388,47 @@ async fn two_replicas_share_the_work_and_take_over_from_a_killed_one() {
         wait_status(&a, &token, id, "destroyed").await;
     }
     assert_eq!(processes_mentioning(&a_dir).len() + processes_mentioning(&b_dir).len(), 0);
+}
+
+#[tokio::test]
+async fn a_command_cancelled_through_another_replica_stops_on_the_replica_running_it() {
+    let Some(database) = PostgresDatabase::create().await else { return };
+    let replica = |name: &str| {
+        app().provisioning().postgres(&database.url).env("NIM_REPLICA_NAME", name).spawn()
+    };
+    let a = replica("replica-a").await;
+    let b = replica("replica-b").await;
+    let token = a.token("cancel-anywhere@example.com").await;
+    let body = json!({"name": "one", "provider": "local", "variables": {"machine_count": 1}});
+    let id = provision(&a, &token, body).await["deployment"]["id"].as_str().unwrap().to_owned();
+    wait_for_status(&a, &token, &id, "ready").await;
+
+    // Replica A runs the command (it took the request); the cancel goes to replica B.
+    let markers = a.dir.path().join("markers");
+    std::fs::create_dir_all(&markers).unwrap();
+    let body = json!({
+        "shell": "echo $$ > \"$MARKERS/$NIM_MACHINE.pid\"; sleep 60",
+        "env": {"MARKERS": markers.to_string_lossy()},
+    });
+    let (accepted, _) = start(&a, &token, &id, body).await;
+    let command_id = accepted["id"].as_str().unwrap().to_owned();
+    let pid = read_pid(&markers.join("local-0.pid")).await;
+    assert!(alive(pid));
+
+    let started = Instant::now();
+    let path = format!("/infrastructure/{id}/commands/{command_id}/cancel");
+    assert_eq!(b.post_as(&token, &path, &json!({})).await.status(), StatusCode::ACCEPTED);
+    let cancelled =
+        wait_for_command(&b, &token, &id, &command_id, "the cancel", |c| c["status"] != "running")
+            .await;
+    assert!(started.elapsed() < Duration::from_secs(10), "cancel took {:?}", started.elapsed());
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled:#}");
+    assert_eq!(cancelled["results"][0]["status"], "cancelled");
+    assert!(cancelled["results"][0]["error"].as_str().unwrap().contains("while it ran"));
+    // Replica A stopped the call, and the agent killed the command's process group.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(pid) {
+        assert!(Instant::now() < deadline, "the cancelled command still runs (pid {pid})");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
