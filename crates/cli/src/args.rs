@@ -118,6 +118,8 @@ pub(crate) enum Command {
         /// A deployment's name or id.
         deployment: String,
     },
+    /// Print a shell completion script: `nimctl completions bash > /etc/bash_completion.d/nimctl`.
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(Debug, Args)]
@@ -159,6 +161,10 @@ pub(crate) struct Deploy {
     /// creating a second one.
     #[arg(long)]
     pub(crate) idempotency_key: Option<String>,
+    /// Deploy even if a live deployment already has this name (names then need ids to tell
+    /// them apart).
+    #[arg(long)]
+    pub(crate) allow_duplicate_name: bool,
 }
 
 #[derive(Debug, Args)]
@@ -223,6 +229,21 @@ mod tests {
         // Neither, or both, is a usage error.
         assert!(Cli::try_parse_from(["nimctl", "run", "web"]).is_err());
         assert!(Cli::try_parse_from(["nimctl", "run", "web", "-s", "x", "--", "y"]).is_err());
+    }
+
+    #[test]
+    fn completions_cover_every_subcommand() {
+        let mut script = Vec::new();
+        clap_complete::generate(
+            clap_complete::Shell::Bash,
+            &mut Cli::command(),
+            "nimctl",
+            &mut script,
+        );
+        let script = String::from_utf8(script).unwrap();
+        for subcommand in ["deploy", "destroy", "run", "logs", "providers"] {
+            assert!(script.contains(subcommand), "{subcommand} missing");
+        }
     }
 
     #[test]

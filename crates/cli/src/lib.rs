@@ -19,6 +19,7 @@ use anyhow::Context;
 use clap::Parser;
 use uuid::Uuid;
 use wire::{
+    InfoResponse,
     commands::{CommandRequest, Scale},
     deployments::{DeploymentView, ProvisionBody},
     status::{CommandStatus, DeploymentStatus, ResultStatus, RunStatus},
@@ -105,6 +106,11 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Runs { deployment } => runs(&cx, &deployment).await,
         Command::Cancel { deployment, run } => cancel(&cx, &deployment, run).await,
         Command::Commands { deployment } => commands(&cx, &deployment).await,
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "nimctl", &mut std::io::stdout());
+            Ok(Outcome::Success)
+        }
     }
 }
 
@@ -212,6 +218,21 @@ async fn deploy(cx: &Ctx, deploy: Deploy) -> anyhow::Result<Outcome> {
     let variables = vars::collect(&provider, &deploy.var_files, deploy.count, &deploy.vars)?;
     let body =
         ProvisionBody { name: deploy.name.clone(), provider: provider.name.clone(), variables };
+    if !deploy.dry_run && deploy.idempotency_key.is_none() && !deploy.allow_duplicate_name {
+        // Names need not be unique to the API, but a second live `web` is almost always a
+        // mistake (and a second bill), and makes the name ambiguous here.
+        let page = cx.api.deployments(Some(&deploy.name), None, 100).await?;
+        let existing = page.items.iter().find(|d| d.status != DeploymentStatus::Destroyed);
+        if let Some(existing) = existing {
+            anyhow::bail!(
+                "you already have a deployment named `{}` ({}, {}); destroy it, pick another \
+                 name, or pass --allow-duplicate-name",
+                existing.name,
+                existing.id,
+                existing.status
+            );
+        }
+    }
     if deploy.dry_run {
         cx.progress.say(format!(
             "==> planning {} on {} (nothing will be created)",
@@ -333,7 +354,7 @@ fn show_deployment(cx: &Ctx, view: &DeploymentView) -> anyhow::Result<()> {
         print!(
             "{}",
             table(
-                ["MACHINE", "PUBLIC IP", "PRIVATE IP", "AGENT", "HEALTH", "LAST SEEN"],
+                ["MACHINE", "PUBLIC IP", "PRIVATE IP", "AGENT", "HEALTH", "LAST SEEN", "SYSTEM"],
                 machines.iter().map(|m| {
                     let address = match (&m.public_ip, m.agent_port) {
                         (Some(ip), Some(port)) => format!("{ip}:{port}"),
@@ -347,12 +368,25 @@ fn show_deployment(cx: &Ctx, view: &DeploymentView) -> anyhow::Result<()> {
                         address,
                         m.status.to_string(),
                         time(m.last_seen_at),
+                        system(m.info.as_ref()),
                     ]
                 })
             )
         );
     }
     Ok(())
+}
+
+/// What the agent last reported of its machine: `Ubuntu 24.04.1 LTS, 4 CPU, 15.5 GiB, 1x NVIDIA A10G`.
+fn system(info: Option<&serde_json::Value>) -> String {
+    let info = info.and_then(|info| serde_json::from_value::<InfoResponse>(info.clone()).ok());
+    let Some(info) = info else { return "-".to_owned() };
+    let gib = info.memory_total_bytes as f64 / f64::from(1u32 << 30);
+    let mut text = format!("{}, {} CPU, {gib:.1} GiB", info.os, info.cpus);
+    if let Some(gpu) = info.gpus.first() {
+        text.push_str(&format!(", {}x {}", info.gpus.len(), gpu.name));
+    }
+    text
 }
 
 /// A deployment by id, or by name: the one live deployment of that name, else the newest.

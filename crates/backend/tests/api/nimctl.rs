@@ -138,6 +138,11 @@ async fn nimctl_signs_up_deploys_runs_commands_and_destroys_local_machines() {
     assert!(deployed.stdout.contains("status:    ready"), "{}", deployed.stdout);
     assert!(deployed.stdout.contains("local-1  127.0.0.1"), "{}", deployed.stdout);
 
+    // A second live `fleet` would be ambiguous (and a second bill): refused unless asked for.
+    user.nimctl(&["deploy", "fleet", "-p", "local"])
+        .await
+        .fails_with("you already have a deployment named `fleet`");
+
     let status = user.nimctl(&["-o", "json", "status", "fleet"]).await.ok().json();
     assert_eq!(status["status"], "ready");
     assert_eq!(status["machines"].as_array().expect("machines").len(), 2);
