@@ -116,7 +116,8 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
 
 // ---- auth ------------------------------------------------------------------------------------
 
-fn password(credentials: &Credentials) -> anyhow::Result<String> {
+/// The password from standard input or the terminal; typed twice (`confirm`) for a new account.
+fn password(credentials: &Credentials, confirm: bool) -> anyhow::Result<String> {
     let password = if credentials.password_stdin {
         let mut line = String::new();
         std::io::stdin()
@@ -130,7 +131,15 @@ fn password(credentials: &Credentials) -> anyhow::Result<String> {
                 "no terminal to ask for the password on; pipe it in with --password-stdin"
             );
         }
-        rpassword::prompt_password("Password: ").context("failed to read the password")?
+        let password =
+            rpassword::prompt_password("Password: ").context("failed to read the password")?;
+        if confirm
+            && rpassword::prompt_password("Repeat it: ").context("failed to read the password")?
+                != password
+        {
+            anyhow::bail!("the passwords differ; nothing was changed");
+        }
+        password
     };
     if password.is_empty() {
         anyhow::bail!("the password is empty");
@@ -139,7 +148,7 @@ fn password(credentials: &Credentials) -> anyhow::Result<String> {
 }
 
 async fn signup(cx: &Ctx, credentials: Credentials) -> anyhow::Result<Outcome> {
-    let password = password(&credentials)?;
+    let password = password(&credentials, true)?;
     let response = cx.api.signup(&credentials.email, &password).await?;
     match cx.output {
         Output::Json => output::json(&response)?,
@@ -155,7 +164,7 @@ async fn signup(cx: &Ctx, credentials: Credentials) -> anyhow::Result<Outcome> {
 }
 
 async fn login(cx: &Ctx, credentials: Credentials) -> anyhow::Result<Outcome> {
-    let password = password(&credentials)?;
+    let password = password(&credentials, false)?;
     let session = cx.api.login(&credentials.email, &password).await?;
     match cx.output {
         Output::Json => output::json(&session.user)?,
