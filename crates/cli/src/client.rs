@@ -38,7 +38,11 @@ impl fmt::Display for ApiProblem {
         let problem = &self.0;
         write!(f, "{} ({} {})", problem.detail, problem.status, problem.code)?;
         for error in &problem.errors {
-            write!(f, "\n  {}: {}", error.field, error.message)?;
+            let line = format!("{}: {}", error.field, error.message);
+            // A single invalid field is usually the detail itself.
+            if line != problem.detail {
+                write!(f, "\n  {line}")?;
+            }
         }
         Ok(())
     }

@@ -124,9 +124,10 @@ async fn nimctl_signs_up_deploys_runs_commands_and_destroys_local_machines() {
         .await
         .fails_with("the local module has no variable `bogus`");
     // Caught by the server: its problem details, field by field.
-    user.nimctl(&["deploy", "Not_A_Name", "-p", "local"])
+    user.nimctl(&["deploy", "Not_A_Name", "-p", "local", "--var", r#"boot_delay_seconds="x""#])
         .await
-        .fails_with("(422 validation_failed)\n  name:");
+        .fails_with("2 fields are invalid (422 validation_failed)\n  name: must be")
+        .fails_with("\n  variables.boot_delay_seconds: expected number, got a string");
     let plan = user.nimctl(&["deploy", "fleet", "-p", "local", "-n", "2", "--dry-run"]).await.ok();
     assert!(plan.stdout.contains("Plan: 2 to add, 0 to change, 0 to destroy."), "{}", plan.stdout);
     let listed = user.nimctl(&["-o", "json", "list"]).await.ok().json();
