@@ -570,7 +570,7 @@ fn terraform_conn_str(url: &SecretString) -> SecretString {
 
 /// `terraform init` arguments.
 pub(crate) fn init_args() -> Vec<String> {
-    vec!["init".into(), "-input=false".into(), "-no-color".into()]
+    vec!["init".into(), "-input=false".into(), "-lock-timeout=120s".into(), "-no-color".into()]
 }
 
 /// 1–63 characters: lowercase letters, digits and hyphens, starting with a letter and not ending

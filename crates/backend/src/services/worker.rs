@@ -9,6 +9,7 @@ use std::{
     time::Duration,
 };
 
+use secrecy::SecretString;
 use serde_json::{Value, json};
 use tokio::{
     sync::{Semaphore, mpsc},
@@ -23,7 +24,7 @@ use super::{
     deployments::{PG_BACKEND_OVERRIDE, Provisioning, init_args},
     events::EventBus,
     terraform::{
-        Exit, StopSignals, Workspace,
+        Exit, StopSignals, Terraform, Workspace,
         runner::reap_orphan,
         ui::{Progress, UiMessage},
     },
@@ -435,18 +436,27 @@ impl RunWorker {
             "tfplan".into(),
         ];
         let mut end = RunEnd::Succeeded;
-        let mut steps: Vec<(&'static str, Vec<String>)> = vec![("init", init_args())];
+        // Each step, and whether a failure is retried.
+        let mut steps: Vec<(&'static str, Vec<String>, bool)> = vec![("init", init_args(), false)];
         if self.ctx.state_database.is_some() {
             // One named state per deployment, created up front: the `default` workspace would
-            // hold the pg backend's global creation lock for a whole first apply.
+            // hold the pg backend's global creation lock for a whole first apply. Creating the
+            // state takes that lock with a single try and no `-lock-timeout`, and every other
+            // deployment's plan and apply hold it for an instant, so a failure is retried (the
+            // command is idempotent).
             let name = Provisioning::state_workspace(deployment.id);
-            steps.push((
-                "workspace",
-                vec!["workspace".into(), "select".into(), "-or-create=true".into(), name],
-            ));
+            let args = ["workspace", "select", "-or-create=true", "-no-color", name.as_str()];
+            steps.push(("workspace", args.map(str::to_owned).to_vec(), true));
         }
-        steps.extend([("plan", plan), ("apply", apply)]);
-        for (step, args) in steps {
+        steps.extend([("plan", plan, false), ("apply", apply, false)]);
+        let runner = Steps {
+            terraform: &terraform,
+            dir: &workspace.module_dir,
+            env: &env,
+            stop: &stop,
+            records,
+        };
+        for (step, args, retry) in steps {
             let _ = records.send(Record::Step);
             log(records, format!("terraform {step}"));
             // `init` fills the shared plugin cache and, with Postgres state, creates the state
@@ -461,20 +471,10 @@ impl RunWorker {
                 true => self.store().advisory_lock(TERRAFORM_SETUP_LOCK).await?,
                 false => None,
             };
-            // Each step's messages are forwarded to the run log before the next step starts, so
-            // its log and progress never mix with the next one's.
-            let (sink, mut messages) = mpsc::unbounded_channel::<UiMessage>();
-            let forward = {
-                let records = records.clone();
-                tokio::spawn(async move {
-                    while let Some(message) = messages.recv().await {
-                        let _ = records.send(Record::Terraform(Box::new(message)));
-                    }
-                })
+            let exit = match retry {
+                false => runner.run(&args).await,
+                true => runner.run_with_retries(&args).await,
             };
-            let exit = terraform.run(&workspace.module_dir, &args, &env, &stop, &sink).await;
-            drop(sink);
-            let _ = forward.await;
             if let Some(lock) = cluster {
                 lock.release().await;
             }
@@ -607,6 +607,61 @@ impl RunWorker {
             ));
         }
         Ok(())
+    }
+}
+
+/// Runs a run's Terraform commands in its workspace, with its environment, stop signals and log.
+struct Steps<'a> {
+    terraform: &'a Terraform,
+    dir: &'a std::path::Path,
+    env: &'a [(String, SecretString)],
+    stop: &'a StopSignals,
+    records: &'a mpsc::UnboundedSender<Record>,
+}
+
+/// Pauses between tries of a retried step: about 50 s in all.
+const RETRY_DELAYS_MS: [u64; 9] = [250, 500, 1_000, 2_000, 4_000, 8_000, 8_000, 8_000, 16_000];
+
+impl Steps<'_> {
+    /// Runs one Terraform command, forwarding its messages to the run log before it returns, so
+    /// a step's log and progress never mix with the next one's.
+    async fn run(&self, args: &[String]) -> anyhow::Result<Exit> {
+        let (sink, mut messages) = mpsc::unbounded_channel::<UiMessage>();
+        let forward = {
+            let records = self.records.clone();
+            tokio::spawn(async move {
+                while let Some(message) = messages.recv().await {
+                    let _ = records.send(Record::Terraform(Box::new(message)));
+                }
+            })
+        };
+        let exit = self.terraform.run(self.dir, args, self.env, self.stop, &sink).await;
+        drop(sink);
+        let _ = forward.await;
+        exit
+    }
+
+    /// Runs an idempotent Terraform command until it succeeds, is stopped, or has failed
+    /// `RETRY_DELAYS_MS.len() + 1` times. A failed try's output is summarised in the log; the
+    /// last try's is logged in full.
+    async fn run_with_retries(&self, args: &[String]) -> anyhow::Result<Exit> {
+        for delay in RETRY_DELAYS_MS.map(Duration::from_millis) {
+            let (sink, mut messages) = mpsc::unbounded_channel::<UiMessage>();
+            let exit = self.terraform.run(self.dir, args, self.env, self.stop, &sink).await;
+            drop(sink);
+            let Ok(Exit::Failed { summary, .. }) = &exit else {
+                while let Ok(message) = messages.try_recv() {
+                    let _ = self.records.send(Record::Terraform(Box::new(message)));
+                }
+                return exit;
+            };
+            log(self.records, format!("{}; trying again in {delay:?}", summary.trim()));
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = self.stop.cancel.cancelled() => return Ok(Exit::Cancelled),
+            }
+        }
+        self.run(args).await
     }
 }
 

@@ -432,3 +432,54 @@ async fn a_command_cancelled_through_another_replica_stops_on_the_replica_runnin
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn a_new_deployments_state_waits_for_terraforms_creation_lock_instead_of_failing() {
+    let Some(database) = PostgresDatabase::create().await else { return };
+    let app = app().provisioning().postgres(&database.url).spawn().await;
+    let token = app.token("creation-lock@example.com").await;
+    // Every other deployment's plan and apply take the pg backend's creation lock (advisory key
+    // -1) for an instant; here it is held on purpose while a new deployment creates its state.
+    let mut holder = PgConnection::connect(&database.url).await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock(-1)").execute(&mut holder).await.unwrap();
+    let created =
+        provision(&app, &token, json!({"name": "w", "provider": "local", "variables": {}})).await;
+    let id = created["deployment"]["id"].as_str().unwrap().to_owned();
+    let run_id = created["run"]["id"].as_str().unwrap().to_owned();
+    let started = Instant::now();
+    loop {
+        let run =
+            json_ok(app.get(&format!("/infrastructure/{id}/runs/{run_id}"), Some(&token)).await)
+                .await;
+        let events = run["events"].as_array().unwrap();
+        if events.iter().any(|e| e["data"]["message"] == "terraform workspace") {
+            break;
+        }
+        assert_eq!(run["status"], "running", "{run:#}");
+        assert!(started.elapsed() < Duration::from_secs(60), "never reached the workspace step");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    sqlx::query("SELECT pg_advisory_unlock(-1)").execute(&mut holder).await.unwrap();
+
+    let started = Instant::now();
+    let deployment = loop {
+        let deployment =
+            json_ok(app.get(&format!("/infrastructure/{id}"), Some(&token)).await).await;
+        if !["pending", "provisioning"].contains(&deployment["status"].as_str().unwrap()) {
+            break deployment;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "{deployment:#}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(deployment["status"], "ready", "{deployment:#}");
+    // It did meet the lock, and said so in the run's log.
+    let run =
+        json_ok(app.get(&format!("/infrastructure/{id}/runs/{run_id}"), Some(&token)).await).await;
+    let retried = run["events"].as_array().unwrap().iter().any(|e| {
+        e["data"]["message"].as_str().is_some_and(|m| {
+            m.contains("Already locked for workspace creation") && m.contains("trying again in")
+        })
+    });
+    assert!(retried, "{run:#}");
+}
