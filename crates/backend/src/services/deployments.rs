@@ -5,7 +5,7 @@
 use std::{net::TcpListener, path::PathBuf, sync::Arc};
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use rand::RngCore;
+use rand::{Rng, RngCore};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -596,13 +596,37 @@ fn new_agent_token() -> String {
 }
 
 /// `count` distinct loopback ports that are free right now, for `terraform/local` machines.
+///
+/// They come from below the kernel's ephemeral range: a machine binds its port only when its
+/// apply runs, perhaps much later, and a port from the ephemeral range could meanwhile be taken
+/// by any outgoing connection on the host (a database client, Terraform, another agent's caller).
 fn free_loopback_ports(count: u64) -> anyhow::Result<Vec<u16>> {
+    let low = ephemeral_range_start().unwrap_or(32768);
+    let range = FIRST_LOCAL_PORT..low.max(FIRST_LOCAL_PORT + 1024);
+    let mut rng = rand::thread_rng();
     // Hold every listener until all are chosen, so the same port cannot come up twice.
-    let listeners = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|err| anyhow::anyhow!("failed to find free loopback ports: {err}"))?;
+    let mut listeners = Vec::new();
+    let mut tries = 0;
+    while (listeners.len() as u64) < count {
+        tries += 1;
+        anyhow::ensure!(
+            tries <= 100 * count + 1000,
+            "failed to find {count} free loopback ports in {range:?}"
+        );
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", rng.gen_range(range.clone()))) {
+            listeners.push(listener);
+        }
+    }
     listeners.iter().map(|l| Ok(l.local_addr()?.port())).collect()
+}
+
+/// The lowest port `terraform/local` machines get.
+const FIRST_LOCAL_PORT: u16 = 10000;
+
+/// The first port of the kernel's ephemeral range (Linux), where outgoing connections get theirs.
+fn ephemeral_range_start() -> Option<u16> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    text.split_whitespace().next()?.parse().ok()
 }
 
 #[cfg(test)]
@@ -639,9 +663,11 @@ mod tests {
     }
 
     #[test]
-    fn free_ports_are_distinct() {
+    fn free_ports_are_distinct_and_below_the_ephemeral_range() {
         let ports = free_loopback_ports(20).unwrap();
         let unique: std::collections::HashSet<_> = ports.iter().collect();
         assert_eq!(unique.len(), 20);
+        let low = ephemeral_range_start().unwrap_or(32768).max(FIRST_LOCAL_PORT + 1024);
+        assert!(ports.iter().all(|p| (FIRST_LOCAL_PORT..low).contains(p)), "{ports:?}");
     }
 }

@@ -472,10 +472,10 @@ async fn a_new_deployments_state_waits_for_terraforms_creation_lock_instead_of_f
         assert!(started.elapsed() < Duration::from_secs(120), "{deployment:#}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
-    assert_eq!(deployment["status"], "ready", "{deployment:#}");
-    // It did meet the lock, and said so in the run's log.
     let run =
         json_ok(app.get(&format!("/infrastructure/{id}/runs/{run_id}"), Some(&token)).await).await;
+    assert_eq!(deployment["status"], "ready", "{deployment:#}\nthe run's log: {run:#}");
+    // It did meet the lock, and said so in the run's log.
     let retried = run["events"].as_array().unwrap().iter().any(|e| {
         e["data"]["message"].as_str().is_some_and(|m| {
             m.contains("Already locked for workspace creation") && m.contains("trying again in")
