@@ -73,6 +73,9 @@ impl User {
         let mut child = command
             .args(args)
             .env("NIM_SERVER", &self.server)
+            // The server is on loopback: no proxy of the environment's may be asked.
+            .env("NO_PROXY", "127.0.0.1,localhost")
+            .env("no_proxy", "127.0.0.1,localhost")
             // The default location under the user's config folder, in a temporary home.
             .env("XDG_CONFIG_HOME", self.home.path().join("config"))
             .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
