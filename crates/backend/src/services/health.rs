@@ -9,8 +9,16 @@ use std::{sync::Arc, time::Duration};
 use futures_util::{StreamExt, stream};
 use tokio_util::sync::CancellationToken;
 
-use super::{cloud_client::CloudClientService, deployments::Provisioning};
-use crate::{domain::MachineStatus, store::NewMachine};
+use uuid::Uuid;
+
+use super::{
+    cloud_client::{AgentTarget, CloudClientService},
+    deployments::Provisioning,
+};
+use crate::{
+    domain::MachineStatus,
+    store::{DeploymentRow, MachineRow, NewMachine},
+};
 
 #[derive(Clone)]
 pub struct HealthChecker {
@@ -35,11 +43,8 @@ impl HealthChecker {
     pub async fn check_once(&self) -> anyhow::Result<usize> {
         let mut checks = Vec::new();
         for (deployment, machines) in self.ctx.store.ready_deployments_with_machines().await? {
-            let spec: Vec<NewMachine> = machines.iter().map(NewMachine::from).collect();
-            match self.ctx.agent_targets(&deployment, &spec) {
-                Ok(targets) => {
-                    checks.extend(machines.iter().map(|m| m.id).zip(targets));
-                }
+            match targets(&self.ctx, &deployment, &machines) {
+                Ok(targets) => checks.extend(targets),
                 Err(err) => tracing::warn!(
                     deployment_id = %deployment.id,
                     error = format!("{err:#}"),
@@ -48,46 +53,7 @@ impl HealthChecker {
             }
         }
         let count = checks.len();
-        let results = stream::iter(checks)
-            .map(|(machine_id, target)| {
-                let cloud = self.cloud.clone();
-                async move { (machine_id, target.name.clone(), cloud.info(&target).await) }
-            })
-            .buffer_unordered(self.concurrency);
-        results
-            .for_each(|(machine_id, name, info)| async move {
-                let now = crate::domain::now();
-                let recorded = match info {
-                    Ok(info) => {
-                        let info = serde_json::to_value(&info).ok();
-                        self.ctx
-                            .store
-                            .record_machine_health(
-                                machine_id,
-                                MachineStatus::Healthy,
-                                info.as_ref(),
-                                now,
-                            )
-                            .await
-                    }
-                    Err(err) => {
-                        tracing::info!(machine = %name, error = %err, "machine unreachable");
-                        self.ctx
-                            .store
-                            .record_machine_health(
-                                machine_id,
-                                MachineStatus::Unreachable,
-                                None,
-                                now,
-                            )
-                            .await
-                    }
-                };
-                if let Err(err) = recorded {
-                    tracing::warn!(error = %err, "failed to record a machine's health");
-                }
-            })
-            .await;
+        check_machines(&self.ctx, &self.cloud, checks, self.concurrency).await;
         Ok(count)
     }
 
@@ -108,4 +74,56 @@ impl HealthChecker {
             }
         }
     }
+}
+
+/// Each machine's id and how to reach its agent.
+pub(crate) fn targets(
+    ctx: &Provisioning,
+    deployment: &DeploymentRow,
+    machines: &[MachineRow],
+) -> anyhow::Result<Vec<(Uuid, AgentTarget)>> {
+    let spec: Vec<NewMachine> = machines.iter().map(NewMachine::from).collect();
+    let targets = ctx.agent_targets(deployment, &spec)?;
+    Ok(machines.iter().map(|m| m.id).zip(targets).collect())
+}
+
+/// Asks each machine's agent for `/v1/info`, at most `concurrency` at once, and records the
+/// machine `healthy` (with the info) or `unreachable`.
+pub(crate) async fn check_machines(
+    ctx: &Provisioning,
+    cloud: &CloudClientService,
+    checks: Vec<(Uuid, AgentTarget)>,
+    concurrency: usize,
+) {
+    stream::iter(checks)
+        .map(|(machine_id, target)| async move {
+            (machine_id, target.name.clone(), cloud.info(&target).await)
+        })
+        .buffer_unordered(concurrency.max(1))
+        .for_each(|(machine_id, name, info)| async move {
+            let now = crate::domain::now();
+            let recorded = match info {
+                Ok(info) => {
+                    let info = serde_json::to_value(&info).ok();
+                    ctx.store
+                        .record_machine_health(
+                            machine_id,
+                            MachineStatus::Healthy,
+                            info.as_ref(),
+                            now,
+                        )
+                        .await
+                }
+                Err(err) => {
+                    tracing::info!(machine = %name, error = %err, "machine unreachable");
+                    ctx.store
+                        .record_machine_health(machine_id, MachineStatus::Unreachable, None, now)
+                        .await
+                }
+            };
+            if let Err(err) = recorded {
+                tracing::warn!(error = %err, "failed to record a machine's health");
+            }
+        })
+        .await;
 }

@@ -23,6 +23,7 @@ use super::{
     cloud_client::CloudClientService,
     deployments::{PG_BACKEND_OVERRIDE, Provisioning, init_args},
     events::EventBus,
+    health,
     terraform::{
         Exit, StopSignals, Terraform, Workspace,
         runner::reap_orphan,
@@ -37,6 +38,8 @@ use crate::{
 /// Advisory lock key serialising `terraform init` and state-workspace creation across replicas
 /// ("nim-tfin").
 const TERRAFORM_SETUP_LOCK: i64 = 0x6e69_6d2d_7466_696e;
+/// Agents asked at once for the health round that comes with `ready`.
+const HEALTH_CONCURRENCY: usize = 64;
 
 /// Re-queues after a crash that a run gets before it fails for good.
 const MAX_REQUEUES: i64 = 1;
@@ -504,8 +507,28 @@ impl RunWorker {
                     .replace_machines(deployment.id, &machines, crate::domain::now())
                     .await?;
                 log(records, format!("waiting for {} agent(s) to answer", machines.len()));
-                self.wait_ready(&deployment, &machines, cancel).await
+                let end = self.wait_ready(&deployment, &machines, cancel).await?;
+                if matches!(end, RunEnd::Succeeded) {
+                    // `ready` comes with each machine's health and facts, rather than `unknown`
+                    // until the health checker's next round.
+                    self.record_health(&deployment).await;
+                }
+                Ok(end)
             }
+        }
+    }
+
+    /// One health round for a deployment's machines; a failure is only logged (the health
+    /// checker tries again).
+    async fn record_health(&self, deployment: &DeploymentRow) {
+        let checked = async {
+            let machines = self.store().list_machines(deployment.id).await?;
+            let checks = health::targets(&self.ctx, deployment, &machines)?;
+            health::check_machines(&self.ctx, &self.cloud, checks, HEALTH_CONCURRENCY).await;
+            anyhow::Ok(())
+        };
+        if let Err(err) = checked.await {
+            tracing::warn!(error = format!("{err:#}"), "failed to record the machines' health");
         }
     }
 

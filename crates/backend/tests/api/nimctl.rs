@@ -140,7 +140,9 @@ async fn nimctl_signs_up_deploys_runs_commands_and_destroys_local_machines() {
     assert!(deployed.stderr.contains("Apply complete! Resources: 2 added"), "{}", deployed.stderr);
     assert!(deployed.stderr.contains("[2/2] resources"), "{}", deployed.stderr);
     assert!(deployed.stdout.contains("status:    ready"), "{}", deployed.stdout);
-    assert!(deployed.stdout.contains("local-1  127.0.0.1"), "{}", deployed.stdout);
+    let local1 = deployed.stdout.lines().find(|l| l.starts_with("local-1 ")).expect("local-1");
+    assert!(local1.contains("  127.0.0.1  ") && local1.contains(" healthy "), "{local1}");
+    assert!(local1.contains(" CPU, "), "the agent's facts are shown: {local1}");
 
     // A second live `fleet` would be ambiguous (and a second bill): refused unless asked for.
     user.nimctl(&["deploy", "fleet", "-p", "local"])

@@ -99,6 +99,10 @@ async fn three_local_machines_become_ready_and_destroy_removes_them() {
     for machine in machines {
         let port = machine["agent_port"].as_u64().unwrap();
         assert!(agent_answers(port).await, "agent on {port} does not answer");
+        // `ready` comes with each machine's health and facts, not `unknown`.
+        assert_eq!(machine["status"], "healthy", "{machine:#}");
+        assert!(machine["last_seen_at"].is_string(), "{machine:#}");
+        assert!(machine["info"]["cpus"].as_u64().unwrap() >= 1, "{machine:#}");
     }
     assert_eq!(agents(&app).len(), 3);
     assert_eq!(ready["latest_run"]["status"], "succeeded");
