@@ -261,19 +261,13 @@ impl Api {
         status: Option<DeploymentStatus>,
         limit: u32,
     ) -> anyhow::Result<DeploymentPage> {
-        let mut url = self.url("infrastructure");
-        {
-            let mut query = url.query_pairs_mut();
-            query.append_pair("limit", &limit.to_string());
-            if let Some(name) = name {
-                query.append_pair("name", name);
-            }
-            if let Some(status) = status {
-                query.append_pair("status", status.as_str());
-            }
-        }
-        let path = format!("infrastructure?{}", url.query().unwrap_or_default());
-        self.authed(Method::GET, &path, None::<&()>, CALL_TIMEOUT).await
+        let mut query = vec![("limit", limit.to_string())];
+        query.extend(name.map(|name| ("name", name.to_owned())));
+        query.extend(status.map(|status| ("status", status.as_str().to_owned())));
+        let request = |r: RequestBuilder| r.query(&query);
+        let response =
+            self.authed_send(Method::GET, "infrastructure", None::<&()>, CALL_TIMEOUT, request);
+        decode(response.await?).await
     }
 
     pub(crate) async fn deployment(&self, id: Uuid) -> anyhow::Result<DeploymentView> {

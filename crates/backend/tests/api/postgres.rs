@@ -24,14 +24,8 @@ use crate::{
     helpers::{
         TestApp, app, assert_problem, json_ok, processes_mentioning, read_events_until_finished,
     },
-    provisioning::wait_for_status,
+    provisioning::{provision, wait_for, wait_for_status},
 };
-
-async fn provision(app: &TestApp, token: &str, body: Value) -> Value {
-    let response = app.post_as(token, "/provision", &body).await;
-    assert_eq!(response.status(), StatusCode::ACCEPTED);
-    response.json().await.unwrap()
-}
 
 async fn wait_status(app: &TestApp, token: &str, id: &str, status: &str) -> Value {
     let started = Instant::now();
@@ -462,16 +456,10 @@ async fn a_new_deployments_state_waits_for_terraforms_creation_lock_instead_of_f
     tokio::time::sleep(Duration::from_secs(2)).await;
     sqlx::query("SELECT pg_advisory_unlock(-1)").execute(&mut holder).await.unwrap();
 
-    let started = Instant::now();
-    let deployment = loop {
-        let deployment =
-            json_ok(app.get(&format!("/infrastructure/{id}"), Some(&token)).await).await;
-        if !["pending", "provisioning"].contains(&deployment["status"].as_str().unwrap()) {
-            break deployment;
-        }
-        assert!(started.elapsed() < Duration::from_secs(120), "{deployment:#}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let deployment = wait_for(&app, &token, &id, "the apply to end", |d| {
+        !["pending", "provisioning"].contains(&d["status"].as_str().unwrap())
+    })
+    .await;
     let run =
         json_ok(app.get(&format!("/infrastructure/{id}/runs/{run_id}"), Some(&token)).await).await;
     assert_eq!(deployment["status"], "ready", "{deployment:#}\nthe run's log: {run:#}");
