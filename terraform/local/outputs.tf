@@ -1,9 +1,8 @@
 output "machines" {
-  description = "Every machine: name, addresses, and its own agent port (they share 127.0.0.1)."
+  description = "Every machine: its name and its own address (public and private are the same: the address the backend reaches it at)."
   value = [for m in terraform_data.machine : {
     name       = m.output.name
-    public_ip  = "127.0.0.1"
-    private_ip = "127.0.0.1"
-    agent_port = m.output.port
+    public_ip  = m.output.address
+    private_ip = m.output.address
   }]
 }

@@ -8,7 +8,7 @@ variable "deployment_id" {
 variable "machine_count" {
   type        = number
   default     = 1
-  description = "How many local machines (agent processes) to run."
+  description = "How many local machines (sandboxes) to run."
   nullable    = false
 
   validation {
@@ -37,18 +37,65 @@ variable "agent_tls_key" {
 
 variable "agent_port" {
   type        = number
-  description = "First agent port when agent_ports is empty (set by the backend)."
+  description = "TCP port each machine's agent listens on, on its own address (set by the backend)."
 }
 
-variable "agent_ports" {
-  type        = list(number)
-  default     = []
-  description = "One free loopback port per machine (set by the backend)."
-}
-
-variable "agent_binary" {
+variable "agent_download_url" {
   type        = string
-  description = "Path of the nim-agent binary to run (set by the backend from NIM_AGENT_BINARY)."
+  description = "Where machines download nim-agent: the backend's machine-facing address (set by the backend)."
+}
+
+variable "agent_sha256" {
+  type        = string
+  description = "SHA-256 of the agent binary; machines refuse any other file (set by the backend)."
+}
+
+variable "machine_network" {
+  type        = string
+  description = "The deployment's own /26 of NIM_LOCAL_NETWORK; .1 is the host's end, machines get .2, .3, ... (set by the backend)."
+}
+
+variable "machine_uid_base" {
+  type        = number
+  description = "Host uid of machine 0's root; machine i is this plus i (set by the backend)."
+}
+
+variable "machines_root" {
+  type        = string
+  description = "Host directory holding every local machine's disk, by deployment id and machine name (set by the backend from NIM_LOCAL_MACHINES_DIR)."
+}
+
+variable "memory_mb" {
+  type        = number
+  default     = 512
+  description = "Memory each machine may use, in MiB (its processes are killed by the OOM killer beyond it)."
+
+  validation {
+    condition     = var.memory_mb >= 64 && var.memory_mb <= 8192 && floor(var.memory_mb) == var.memory_mb
+    error_message = "memory_mb must be a whole number from 64 to 8192."
+  }
+}
+
+variable "max_processes" {
+  type        = number
+  default     = 256
+  description = "Processes (and threads) each machine may run at once."
+
+  validation {
+    condition     = var.max_processes >= 16 && var.max_processes <= 4096 && floor(var.max_processes) == var.max_processes
+    error_message = "max_processes must be a whole number from 16 to 4096."
+  }
+}
+
+variable "max_open_files" {
+  type        = number
+  default     = 1024
+  description = "Open files each process of a machine may have."
+
+  validation {
+    condition     = var.max_open_files >= 64 && var.max_open_files <= 65536 && floor(var.max_open_files) == var.max_open_files
+    error_message = "max_open_files must be a whole number from 64 to 65536."
+  }
 }
 
 variable "name_prefix" {

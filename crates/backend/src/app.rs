@@ -20,6 +20,7 @@ use crate::{
         deployments::Provisioning,
         events::EventBus,
         health::HealthChecker,
+        local_machines::{LocalMachines, LocalSettings},
         terraform::{ModuleCatalog, Terraform},
         worker::{RunWorker, WorkerSettings},
     },
@@ -30,6 +31,8 @@ use crate::{
 pub struct Application {
     listener: TcpListener,
     router: axum::Router,
+    /// Local machines' view of this server (the agent download), when they are available.
+    machine_facing: Option<(TcpListener, axum::Router)>,
     store: Store,
     config: Config,
     worker: RunWorker,
@@ -53,7 +56,7 @@ impl Application {
         tracing::info!(database = %redact_database_url(&database_url), "database ready");
 
         let auth = build_auth(&config, store.clone()).await?;
-        let provisioning = build_provisioning(&config, store.clone()).await?;
+        let (provisioning, machine_listener) = build_provisioning(&config, store.clone()).await?;
         let bus = EventBus::default();
         let cloud = Arc::new(CloudClientService::new(CloudClientConfig::default()));
         let shutdown = CancellationToken::new();
@@ -110,12 +113,25 @@ impl Application {
             bus: bus.clone(),
             request_timeout: RequestTimeout(config.request_timeout()),
         };
+        let machine_router = api::machine_router(state.clone());
         let router = api::router(state, &config);
 
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("failed to listen on {} (NIM_LISTEN)", config.listen))?;
-        Ok(Self { listener, router, store, config, worker, bus, health, commands, shutdown })
+        let machine_facing = machine_listener.map(|listener| (listener, machine_router));
+        Ok(Self {
+            listener,
+            router,
+            machine_facing,
+            store,
+            config,
+            worker,
+            bus,
+            health,
+            commands,
+            shutdown,
+        })
     }
 
     /// The address actually bound (the real port when configured with port 0).
@@ -135,8 +151,18 @@ impl Application {
     /// recorded as such before the server's last responses go out.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let addr = self.local_addr();
-        let Self { listener, router, store, config, worker, bus, health, commands, shutdown } =
-            self;
+        let Self {
+            listener,
+            router,
+            machine_facing,
+            store,
+            config,
+            worker,
+            bus,
+            health,
+            commands,
+            shutdown,
+        } = self;
         tracing::info!(%addr, "listening");
 
         tokio::spawn(cancel_on_signal(shutdown.clone()));
@@ -145,6 +171,15 @@ impl Application {
             axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
                 .with_graceful_shutdown(async move { graceful.cancelled().await });
         let mut server = tokio::spawn(server.into_future());
+        // What local machines reach of this server: the agent download, nothing else.
+        let machine_server = machine_facing.map(|(listener, router)| {
+            let graceful = shutdown.clone();
+            tokio::spawn(
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async move { graceful.cancelled().await })
+                    .into_future(),
+            )
+        });
         let mut worker = tokio::spawn(worker.run_until_stopped(shutdown.clone()));
         let mut health = tokio::spawn(health.run_until_stopped(shutdown.clone()));
         let leases = tokio::spawn(commands.clone().keep_leases_until_stopped(shutdown.clone()));
@@ -197,13 +232,19 @@ impl Application {
         }
         listener.abort();
         leases.abort();
+        if let Some(machine_server) = machine_server {
+            machine_server.abort();
+        }
         store.close().await;
         tracing::info!("stopped");
         result
     }
 }
 
-async fn build_provisioning(config: &Config, store: Store) -> anyhow::Result<Provisioning> {
+async fn build_provisioning(
+    config: &Config,
+    store: Store,
+) -> anyhow::Result<(Provisioning, Option<TcpListener>)> {
     let store_is_postgres = store.is_postgres();
     let modules_dir = config.modules_dir();
     let catalog = ModuleCatalog::load(&modules_dir)?;
@@ -256,8 +297,30 @@ async fn build_provisioning(config: &Config, store: Store) -> anyhow::Result<Pro
         ),
         None => secrets::load_or_generate(&config.data_dir.join("encryption-key"), 32)?,
     };
-    Ok(Provisioning {
+    let mut local = LocalMachines::prepare(LocalSettings {
+        network: LocalSettings::parse_network(&config.local_network)?,
+        machines_dir: config.local_machines_dir.clone(),
+        uid_base: config.local_uid_base,
+        max_machines_per_user: config.local_max_machines_per_user,
+    })
+    .await;
+    let machine_listener = match local.available {
+        Ok(()) => {
+            let addr = SocketAddr::from((local.settings.gateway_address(), 0));
+            let listener = TcpListener::bind(addr).await.with_context(|| {
+                format!("failed to listen on the machine-facing address {addr}")
+            })?;
+            let bound = listener.local_addr().context("the machine listener has no address")?;
+            tracing::info!(%bound, machines_dir = %local.settings.machines_dir.display(), "local machines ready; they download the agent here");
+            local.download_base = Some(format!("http://{bound}"));
+            Some(listener)
+        }
+        Err(_) => None,
+    };
+    let provisioning = Provisioning {
         store,
+        local: Arc::new(local),
+        local_limit_lock: Arc::new(tokio::sync::Mutex::new(())),
         catalog: Arc::new(catalog),
         terraform,
         secret_box: SecretBox::new(&key)?,
@@ -270,7 +333,8 @@ async fn build_provisioning(config: &Config, store: Store) -> anyhow::Result<Pro
         machines_ready: Arc::new(tokio::sync::Notify::new()),
         init_lock: Arc::new(tokio::sync::Mutex::new(())),
         state_database: store_is_postgres.then(|| config.database_url()),
-    })
+    };
+    Ok((provisioning, machine_listener))
 }
 
 async fn build_auth(config: &Config, store: Store) -> anyhow::Result<Arc<dyn AuthService>> {

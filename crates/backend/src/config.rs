@@ -93,6 +93,26 @@ pub struct Config {
     #[arg(long, env = "NIM_PUBLIC_URL", value_parser = parse_public_url)]
     pub public_url: Option<String>,
 
+    /// Address range of `terraform/local` machines (IPv4, a /16 to a /22): each deployment gets a
+    /// /26 of it on a bridge of its own; the first address is the host's, where machines download
+    /// the agent. Never routed off the host. Replicas on one host must use the same range.
+    #[arg(long, env = "NIM_LOCAL_NETWORK", default_value = "10.213.0.0/16")]
+    pub local_network: String,
+
+    /// Host directory holding every local machine's disk (by deployment id and machine name), so
+    /// that any replica on this host finds the machines another one started.
+    #[arg(long, env = "NIM_LOCAL_MACHINES_DIR", default_value = "/var/lib/nim-local")]
+    pub local_machines_dir: PathBuf,
+
+    /// First host uid of local machines: each machine's root is an unprivileged uid of its own,
+    /// from this one up to 65,536 above it. No host account should use that range.
+    #[arg(long, env = "NIM_LOCAL_UID_BASE", default_value_t = 1_000_000_000, value_parser = clap::value_parser!(u32).range(100_000..=4_000_000_000))]
+    pub local_uid_base: u32,
+
+    /// Local machines one user may have at once (in deployments not yet destroyed).
+    #[arg(long, env = "NIM_LOCAL_MAX_MACHINES_PER_USER", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub local_max_machines_per_user: u32,
+
     /// Terraform runs allowed at once (one per deployment at most, always).
     #[arg(long, env = "NIM_MAX_CONCURRENT_RUNS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub max_concurrent_runs: u32,

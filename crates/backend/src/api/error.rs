@@ -216,6 +216,12 @@ impl From<DeploymentError> for ApiError {
             DeploymentError::AgentDownloadUnavailable(_) => {
                 Self::Unavailable { code: "agent_download_unavailable", detail }
             }
+            DeploymentError::LocalUnavailable(_) => {
+                Self::Unavailable { code: "local_sandbox_unavailable", detail }
+            }
+            DeploymentError::LocalMachineLimit(_) => {
+                Self::Conflict { code: "local_machine_limit", detail }
+            }
             DeploymentError::PlanFailed(_) => {
                 Self::Validation { code: "plan_failed", detail, errors: Vec::new() }
             }

@@ -20,7 +20,7 @@ pub use error::ApiError;
 pub use extract::{ClientAddrSource, Json, Path, Query};
 pub use infrastructure::RequestTimeout;
 pub use rate_limit::AuthRateLimiter;
-pub use router::{openapi, router};
+pub use router::{machine_router, openapi, router};
 
 use crate::{
     services::{

@@ -125,6 +125,17 @@ pub fn router(state: AppState, config: &Config) -> Router {
         .with_state(state)
 }
 
+/// What local machines reach of this server, on its machine-facing address: the agent download
+/// and nothing else (no API, no sign-in), as a cloud machine would need of the public URL.
+pub fn machine_router(state: AppState) -> Router {
+    let (routes, _) = OpenApiRouter::new().merge(agent::router()).split_for_parts();
+    routes
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(CatchPanicLayer::custom(panic_response))
+        .with_state(state)
+}
+
 /// The CORS policy for `NIM_CORS_ORIGINS`; none at all (same-origin only) when it is empty.
 fn cors(origins: &[String]) -> Option<CorsLayer> {
     if origins.is_empty() {

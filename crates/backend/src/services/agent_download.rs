@@ -111,6 +111,26 @@ impl AgentDistribution {
         self.binary.as_ref().filter(|binary| binary.target == target)
     }
 
+    /// Where local machines download the agent: this server's machine-facing listener
+    /// (`http://<address>:<port>`, when local machines are available), for this host's target.
+    pub fn local_download(&self, base: Option<&str>) -> Result<AgentDownload, String> {
+        let Some(base) = base else {
+            return Err(
+                "this server has no machine-facing address (local machines are unavailable)".into(),
+            );
+        };
+        let binary = self.binary.as_ref().ok_or_else(|| {
+            format!(
+                "there is no agent binary to install: {}",
+                self.missing_reason.as_deref().unwrap_or("NIM_AGENT_BINARY is missing")
+            )
+        })?;
+        Ok(AgentDownload {
+            url: format!("{base}{DOWNLOAD_PATH}/{}", binary.target),
+            sha256: binary.sha256.clone(),
+        })
+    }
+
     /// Where machines of the shipped cloud modules download the agent, or why they cannot.
     pub fn cloud_download(&self) -> Result<AgentDownload, String> {
         let Some(public_url) = &self.public_url else {

@@ -2,10 +2,10 @@
 //! anything runs), reading them, queueing destroys and cancels, and dry runs. Every state change
 //! goes through the store's conditional updates; the run worker does the Terraform work.
 
-use std::{net::TcpListener, path::PathBuf, sync::Arc};
+use std::{path::PathBuf, sync::Arc};
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use rand::{Rng, RngCore};
+use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -17,9 +17,10 @@ use wire::FieldError;
 use wire::deployments::{PlanSummary, PlannedResource};
 
 use super::{
-    agent_download::AgentDistribution,
+    agent_download::{AgentDistribution, AgentDownload},
     certs::mint_deployment_cert,
     cloud_client::{AgentCredentials, AgentTarget},
+    local_machines::{LocalMachines, SUBNET_PREFIX},
     terraform::{Exit, Module, ModuleCatalog, StopSignals, Terraform, Workspace},
 };
 use crate::{
@@ -51,6 +52,12 @@ pub enum DeploymentError {
     /// Cloud machines could not download the agent (`NIM_PUBLIC_URL` or the binary missing).
     #[error("{0}")]
     AgentDownloadUnavailable(String),
+    /// This host cannot run local machines as sandboxes.
+    #[error("{0}")]
+    LocalUnavailable(String),
+    /// The owner has as many local machines as they may.
+    #[error("{0}")]
+    LocalMachineLimit(String),
     #[error("terraform plan failed: {0}")]
     PlanFailed(String),
     #[error(transparent)]
@@ -96,6 +103,11 @@ pub struct Provisioning {
     /// Held around every `terraform init`: the shared plugin cache is not safe for concurrent
     /// inits (plan and apply only read it).
     pub init_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Local machines on this host: their settings, and whether the host can run them.
+    pub local: Arc<LocalMachines>,
+    /// Held while a local provision checks the owner's machine limit and creates the
+    /// deployment, so two requests of one owner cannot both take the last machines.
+    pub local_limit_lock: Arc<tokio::sync::Mutex<()>>,
     /// With Postgres, Terraform state lives in it too (Terraform's `pg` backend): the connection
     /// string for Terraform, so any replica can run any deployment's next run.
     pub state_database: Option<SecretString>,
@@ -105,6 +117,8 @@ pub struct Provisioning {
 pub const TERRAFORM_STATE_SCHEMA: &str = "nim_terraform";
 /// The override file that switches a workspace to the `pg` backend.
 pub const PG_BACKEND_OVERRIDE: &str = "nim_backend_override.tf";
+/// The `pg` backend's settings for `init` (deleted once it ran).
+pub const PG_BACKEND_CONFIG: &str = "nim_pg.tfbackend";
 
 impl Provisioning {
     /// The Terraform workspace (state) name of a deployment in the `pg` backend.
@@ -114,6 +128,23 @@ impl Provisioning {
 }
 
 impl Provisioning {
+    /// With Postgres state, the `pg` backend's settings as a `-backend-config` file's text. They
+    /// reach Terraform through `init` only (which keeps them in the workspace's `.terraform`,
+    /// mode 0700), never through the environment, so no `local-exec` child of a later plan or
+    /// apply (and nothing a local machine runs) ever holds the database password.
+    pub(crate) fn state_backend_config(&self) -> Option<SecretString> {
+        let url = self.state_database.as_ref()?;
+        let settings = [
+            ("conn_str", terraform_conn_str(url).expose_secret().to_owned()),
+            ("schema_name", TERRAFORM_STATE_SCHEMA.to_owned()),
+        ];
+        let text: String = settings
+            .iter()
+            .map(|(key, value)| format!("{key} = {}\n", serde_json::Value::from(value.as_str())))
+            .collect();
+        Some(SecretString::from(text))
+    }
+
     pub fn terraform(&self) -> Result<&Terraform, DeploymentError> {
         self.terraform.as_ref().map_err(|err| DeploymentError::TerraformUnavailable(err.clone()))
     }
@@ -175,7 +206,7 @@ impl Provisioning {
         // New machines get the agent this backend serves now; without one (NIM_PUBLIC_URL unset
         // since), the values stored at provision time keep destroy and re-plan working. Modules
         // ignore later changes of the bootstrap, so running machines are never replaced for it.
-        if let Ok(download) = self.agent_distribution.cloud_download() {
+        if let Ok(download) = self.agent_download(module) {
             plain.insert("agent_download_url".into(), json!(download.url));
             plain.insert("agent_sha256".into(), json!(download.sha256));
         }
@@ -186,17 +217,13 @@ impl Provisioning {
             ("TF_VAR_agent_tls_cert".to_owned(), SecretString::from(deployment.tls_cert.clone())),
             ("TF_VAR_agent_tls_key".to_owned(), SecretString::from(secrets.agent_tls_key.clone())),
         ];
+        env.extend(
+            self.terraform.as_ref().map(|t| t.credentials_for(&module.name)).unwrap_or_default(),
+        );
         for (name, value) in &secrets.variables {
             // Strings are taken literally; other types are parsed as HCL, of which JSON is a subset.
             let text = value.as_str().map_or_else(|| value.to_string(), str::to_owned);
             env.push((format!("TF_VAR_{name}"), SecretString::from(text)));
-        }
-        if let Some(url) = &self.state_database {
-            env.push(("PG_CONN_STR".to_owned(), terraform_conn_str(url)));
-            env.push((
-                "PG_SCHEMA_NAME".to_owned(),
-                SecretString::from(TERRAFORM_STATE_SCHEMA.to_owned()),
-            ));
         }
         (plain, env)
     }
@@ -226,28 +253,29 @@ impl Provisioning {
         }
     }
 
-    /// The backend-filled variables of a new deployment: the agent port, and for modules that
-    /// declare them the local ports or the agent download. Fails before anything is created
-    /// when cloud machines could not download the agent.
-    fn backend_variables(
+    /// Where this module's machines download the agent: the machine-facing address of this host
+    /// for local sandboxes, `NIM_PUBLIC_URL` for clouds.
+    fn agent_download(&self, module: &Module) -> Result<AgentDownload, String> {
+        match is_sandboxed(module) {
+            true => self.agent_distribution.local_download(self.local.download_base.as_deref()),
+            false => self.agent_distribution.cloud_download(),
+        }
+    }
+
+    /// The backend-filled variables of a new deployment: the agent port, the agent download for
+    /// modules that declare it, and for local sandboxes their subnet, uids and disks. With
+    /// `claim` (a real provision rather than a plan) the subnet is claimed for `deployment_id`.
+    /// Fails before anything is created when machines could not get the agent.
+    async fn backend_variables(
         &self,
         module: &Module,
-        plain: &Map<String, Value>,
-        pick_ports: bool,
+        deployment_id: Uuid,
+        claim: bool,
     ) -> Result<Map<String, Value>, DeploymentError> {
         let mut variables = Map::new();
         variables.insert("agent_port".into(), json!(DEFAULT_AGENT_PORT));
-        if module.variables.contains_key("agent_ports") {
-            let count = local_machine_count(module, plain)?;
-            let ports = match pick_ports {
-                true => free_loopback_ports(count)?,
-                // Ports only matter when machines start; a plan just needs the right count.
-                false => vec![DEFAULT_AGENT_PORT; count as usize],
-            };
-            variables.insert("agent_ports".into(), json!(ports));
-        }
         if module.variables.contains_key("agent_download_url") {
-            let download = self.agent_distribution.cloud_download().map_err(|reason| {
+            let download = self.agent_download(module).map_err(|reason| {
                 DeploymentError::AgentDownloadUnavailable(format!(
                     "provider \"{}\" cannot be used: {reason}",
                     module.name
@@ -258,7 +286,47 @@ impl Provisioning {
                 variables.insert("agent_sha256".into(), json!(download.sha256));
             }
         }
+        if is_sandboxed(module) {
+            let settings = &self.local.settings;
+            let subnet = match claim {
+                true => self.local.claim(deployment_id).await?,
+                // A plan needs a well-formed subnet, not a claimed one.
+                false => settings.placeholder_subnet(),
+            };
+            variables.insert("machine_network".into(), json!(subnet.net.to_string()));
+            variables.insert("machine_uid_base".into(), json!(settings.uid_base_of(&subnet)));
+            variables
+                .insert("machines_root".into(), json!(settings.machines_dir.display().to_string()));
+        }
         Ok(variables)
+    }
+
+    /// Refuses a local provision that cannot run here, or that would take the owner past their
+    /// machine limit. Call with `local_limit_lock` held until the deployment is stored.
+    async fn check_local(
+        &self,
+        owner_id: Uuid,
+        module: &Module,
+        plain: &Map<String, Value>,
+    ) -> Result<(), DeploymentError> {
+        if let Some(reason) = self.local.unavailable() {
+            return Err(DeploymentError::LocalUnavailable(format!(
+                "provider \"{}\" cannot be used on this server: {reason}",
+                module.name
+            )));
+        }
+        let wanted = local_machine_count(module, plain)?;
+        let mut held = 0;
+        for deployment in self.store.live_deployments_of(owner_id, &module.name).await? {
+            held += module.machine_count(&deployment.variables.0).unwrap_or(1);
+        }
+        let limit = u64::from(self.local.settings.max_machines_per_user);
+        if held + wanted > limit {
+            return Err(DeploymentError::LocalMachineLimit(format!(
+                "you have {held} local machine(s) and asked for {wanted} more; at most {limit} may exist per user (NIM_LOCAL_MAX_MACHINES_PER_USER): destroy some first"
+            )));
+        }
+        Ok(())
     }
 
     /// Creates a deployment and its queued apply run, or (same `Idempotency-Key`, same request)
@@ -288,7 +356,15 @@ impl Provisioning {
             agent_tls_key: cert.key_pem.expose_secret().to_owned(),
             variables: sensitive,
         };
-        let backend_variables = self.backend_variables(module, &plain, true)?;
+        let _limit = match is_sandboxed(module) {
+            true => {
+                let guard = self.local_limit_lock.lock().await;
+                self.check_local(owner_id, module, &plain).await?;
+                Some(guard)
+            }
+            false => None,
+        };
+        let backend_variables = self.backend_variables(module, id, true).await?;
         let now = crate::domain::now();
         let deployment = DeploymentRow {
             id,
@@ -309,7 +385,16 @@ impl Provisioning {
             updated_at: now,
         };
         let run = RunRow::queued(id, RunKind::Apply, 0, now);
-        match self.store.create_deployment(&deployment, &run).await {
+        let created = self.store.create_deployment(&deployment, &run).await;
+        if created.is_err() && is_sandboxed(module) {
+            if let Err(err) = self.local.release(id).await {
+                tracing::warn!(
+                    error = format!("{err:#}"),
+                    "failed to release the local network of a deployment not created"
+                );
+            }
+        }
+        match created {
             Ok(()) => {}
             // Two identical requests raced: the loser answers with the winner's deployment.
             Err(StoreError::Conflict("deployments_owner_idempotency_key")) => {
@@ -364,7 +449,7 @@ impl Provisioning {
         let cert = mint_deployment_cert(&id.to_string()).map_err(anyhow::Error::from)?;
         let (sensitive, plain): (Map<String, Value>, Map<String, Value>) =
             request.variables.into_iter().partition(|(name, _)| module.variables[name].sensitive);
-        let backend_variables = self.backend_variables(module, &plain, false)?;
+        let backend_variables = self.backend_variables(module, id, false).await?;
         let deployment = DeploymentRow {
             id,
             owner_id: Uuid::nil(),
@@ -533,9 +618,14 @@ impl Provisioning {
     }
 }
 
-/// Most machines a module on this host (one port each) may ask for; its own validation may
-/// allow fewer.
-const MAX_LOCAL_MACHINES: u64 = 256;
+/// Most machines a local deployment may ask for: its subnet's addresses after the host's; the
+/// module's own validation may allow fewer.
+const MAX_LOCAL_MACHINES: u64 = (1 << (32 - SUBNET_PREFIX)) - 3;
+
+/// Whether a module's machines are local sandboxes (it takes a subnet of this host's range).
+pub(crate) fn is_sandboxed(module: &Module) -> bool {
+    module.variables.contains_key("machine_network")
+}
 
 fn local_machine_count(
     module: &Module,
@@ -545,7 +635,7 @@ fn local_machine_count(
     if count > MAX_LOCAL_MACHINES {
         return Err(DeploymentError::Validation(vec![FieldError::new(
             "variables.machine_count",
-            format!("at most {MAX_LOCAL_MACHINES} machines can run on this host"),
+            format!("at most {MAX_LOCAL_MACHINES} machines fit in a local deployment's network"),
         )]));
     }
     Ok(count)
@@ -595,40 +685,6 @@ fn new_agent_token() -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// `count` distinct loopback ports that are free right now, for `terraform/local` machines.
-///
-/// They come from below the kernel's ephemeral range: a machine binds its port only when its
-/// apply runs, perhaps much later, and a port from the ephemeral range could meanwhile be taken
-/// by any outgoing connection on the host (a database client, Terraform, another agent's caller).
-fn free_loopback_ports(count: u64) -> anyhow::Result<Vec<u16>> {
-    let low = ephemeral_range_start().unwrap_or(32768);
-    let range = FIRST_LOCAL_PORT..low.max(FIRST_LOCAL_PORT + 1024);
-    let mut rng = rand::thread_rng();
-    // Hold every listener until all are chosen, so the same port cannot come up twice.
-    let mut listeners = Vec::new();
-    let mut tries = 0;
-    while (listeners.len() as u64) < count {
-        tries += 1;
-        anyhow::ensure!(
-            tries <= 100 * count + 1000,
-            "failed to find {count} free loopback ports in {range:?}"
-        );
-        if let Ok(listener) = TcpListener::bind(("127.0.0.1", rng.gen_range(range.clone()))) {
-            listeners.push(listener);
-        }
-    }
-    listeners.iter().map(|l| Ok(l.local_addr()?.port())).collect()
-}
-
-/// The lowest port `terraform/local` machines get.
-const FIRST_LOCAL_PORT: u16 = 10000;
-
-/// The first port of the kernel's ephemeral range (Linux), where outgoing connections get theirs.
-fn ephemeral_range_start() -> Option<u16> {
-    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
-    text.split_whitespace().next()?.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -660,14 +716,5 @@ mod tests {
             conn("postgres://u@localhost/db?sslmode=verify-full"),
             "postgres://u@localhost/db?sslmode=verify-full"
         );
-    }
-
-    #[test]
-    fn free_ports_are_distinct_and_below_the_ephemeral_range() {
-        let ports = free_loopback_ports(20).unwrap();
-        let unique: std::collections::HashSet<_> = ports.iter().collect();
-        assert_eq!(unique.len(), 20);
-        let low = ephemeral_range_start().unwrap_or(32768).max(FIRST_LOCAL_PORT + 1024);
-        assert!(ports.iter().all(|p| (FIRST_LOCAL_PORT..low).contains(p)), "{ports:?}");
     }
 }

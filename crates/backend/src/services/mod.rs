@@ -9,5 +9,6 @@ pub mod commands;
 pub mod deployments;
 pub mod events;
 pub mod health;
+pub mod local_machines;
 pub mod terraform;
 pub mod worker;

@@ -9,7 +9,8 @@ use std::{
     time::Duration,
 };
 
-use secrecy::SecretString;
+use anyhow::Context;
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use tokio::{
     sync::{Semaphore, mpsc},
@@ -21,7 +22,7 @@ use uuid::Uuid;
 
 use super::{
     cloud_client::CloudClientService,
-    deployments::{PG_BACKEND_OVERRIDE, Provisioning, init_args},
+    deployments::{PG_BACKEND_CONFIG, PG_BACKEND_OVERRIDE, Provisioning, init_args, is_sandboxed},
     events::EventBus,
     health,
     terraform::{
@@ -409,9 +410,13 @@ impl RunWorker {
         let (plain, env) = self.ctx.run_inputs(&module, &deployment, &secrets);
         workspace.write_variables(&plain)?;
         let override_file = workspace.module_dir.join(PG_BACKEND_OVERRIDE);
-        if self.ctx.state_database.is_some() {
+        let backend_config = workspace.module_dir.join(PG_BACKEND_CONFIG);
+        let mut init = init_args();
+        if let Some(config) = self.ctx.state_backend_config() {
             // State in Postgres: any replica can run this deployment's next run.
             std::fs::write(&override_file, "terraform {\n  backend \"pg\" {}\n}\n")?;
+            write_private(&backend_config, config.expose_secret())?;
+            init.push(format!("-backend-config={PG_BACKEND_CONFIG}"));
         } else {
             let _ = std::fs::remove_file(&override_file);
         }
@@ -440,7 +445,7 @@ impl RunWorker {
         ];
         let mut end = RunEnd::Succeeded;
         // Each step, and whether a failure is retried.
-        let mut steps: Vec<(&'static str, Vec<String>, bool)> = vec![("init", init_args(), false)];
+        let mut steps: Vec<(&'static str, Vec<String>, bool)> = vec![("init", init, false)];
         if self.ctx.state_database.is_some() {
             // One named state per deployment, created up front: the `default` workspace would
             // hold the pg backend's global creation lock for a whole first apply. Creating the
@@ -481,6 +486,9 @@ impl RunWorker {
             if let Some(lock) = cluster {
                 lock.release().await;
             }
+            if step == "init" {
+                let _ = std::fs::remove_file(&backend_config);
+            }
             end = match exit? {
                 Exit::Succeeded => continue,
                 Exit::Failed { summary, .. } => {
@@ -498,6 +506,15 @@ impl RunWorker {
         match run.kind() {
             RunKind::Destroy => {
                 self.store().replace_machines(deployment.id, &[], crate::domain::now()).await?;
+                if is_sandboxed(&module) {
+                    // The module's destroy removed the network; this catches what it could not.
+                    if let Err(err) = self.ctx.local.release(deployment.id).await {
+                        tracing::warn!(
+                            error = format!("{err:#}"),
+                            "failed to release the local network"
+                        );
+                    }
+                }
                 Ok(RunEnd::Succeeded)
             }
             RunKind::Apply => {
@@ -686,6 +703,19 @@ impl Steps<'_> {
         }
         self.run(args).await
     }
+}
+
+/// Writes a file only its owner can read (created so, never widened for a moment).
+fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("failed to create {}", path.display()))?;
+    file.write_all(text.as_bytes()).with_context(|| format!("failed to write {}", path.display()))
 }
 
 /// Records a step of our own in the run log.

@@ -164,6 +164,24 @@ impl Store {
         Ok(on_db!(self, |pool| sqlx::query_as(&sql).bind(id).fetch_optional(pool).await)?)
     }
 
+    /// An owner's deployments of a provider that are not destroyed (for per-user limits).
+    #[tracing::instrument(skip_all, fields(owner_id = %owner_id))]
+    pub async fn live_deployments_of(
+        &self,
+        owner_id: Uuid,
+        provider: &str,
+    ) -> StoreResult<Vec<DeploymentRow>> {
+        let sql = format!(
+            "SELECT {DEPLOYMENT_COLUMNS} FROM deployments \
+             WHERE owner_id = $1 AND provider = $2 AND status <> 'destroyed'"
+        );
+        Ok(on_db!(self, |pool| sqlx::query_as(&sql)
+            .bind(owner_id)
+            .bind(provider)
+            .fetch_all(pool)
+            .await)?)
+    }
+
     #[tracing::instrument(skip_all)]
     pub async fn find_deployment_by_idempotency_key(
         &self,

@@ -140,6 +140,7 @@ impl AppBuilder {
             let modules = if modules.exists() { modules } else { modules_dir(dir.path()) };
             command
                 .env("NIM_MODULES_DIR", modules)
+                .env("NIM_LOCAL_MACHINES_DIR", dir.path().join("machines"))
                 .env("NIM_AGENT_BINARY", agent_binary())
                 .env("NIM_RUN_CANCEL_GRACE_SECS", "10")
                 .env("NIM_READY_TIMEOUT_SECS", "30");
@@ -204,11 +205,39 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        // Machines of deployments a test did not destroy are agents outliving their backend, as
-        // a VM would; they must not outlive the test.
+        // Machines of deployments a test did not destroy outlive their backend, as VMs would;
+        // they must not outlive the test.
+        reap_local_machines(&self.dir.path().join("machines"));
         for pid in processes_mentioning(&self.dir.path().to_string_lossy()) {
             let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
         }
+    }
+}
+
+/// Stops every local machine under a machines directory and deletes the deployments' networks,
+/// with the module's own scripts (what a destroy would run).
+pub fn reap_local_machines(machines_dir: &Path) {
+    let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../terraform/local");
+    let Ok(deployments) = std::fs::read_dir(machines_dir) else { return };
+    for deployment in deployments.flatten() {
+        let Ok(id) = deployment.file_name().into_string() else { continue };
+        for machine in std::fs::read_dir(deployment.path()).into_iter().flatten().flatten() {
+            if machine.path().join("sandbox.env").exists() {
+                let _ = Command::new("sh")
+                    .arg(scripts.join("stop-machine.sh"))
+                    .env("MACHINE_DIR", machine.path())
+                    .stdout(Stdio::null())
+                    .status();
+            }
+        }
+        let _ = Command::new("sh")
+            .arg(scripts.join("network.sh"))
+            .env("ACTION", "down")
+            .env("DEPLOYMENT_ID", &id)
+            .env("SUBNET", "0.0.0.0/26")
+            .env("DEPLOYMENT_DIR", deployment.path())
+            .stdout(Stdio::null())
+            .status();
     }
 }
 
@@ -400,6 +429,8 @@ pub fn modules_dir(into: &Path) -> PathBuf {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../terraform/local");
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/modules");
     copy_dir(&repo, &root.join("local"));
+    // terraform/local boots its machines with the clouds' shared bootstrap.
+    copy_dir(&repo.join("../shared"), &root.join("shared"));
     for entry in std::fs::read_dir(fixtures).expect("fixtures") {
         let entry = entry.expect("fixture");
         let target = root.join(entry.file_name());

@@ -8,8 +8,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    TestApp, app, assert_problem, error_fields, json_ok, processes_mentioning,
-    read_events_until_finished,
+    TestApp, app, assert_problem, error_fields, json_ok, read_events_until_finished,
 };
 
 /// How long any run may take in these tests before they give up (a loaded 2-core machine).
@@ -53,24 +52,47 @@ pub async fn wait_for_status(app: &TestApp, token: &str, id: &str, status: &str)
     wait_for(app, token, id, status, |d| d["status"] == status).await
 }
 
-/// Agents of this test's deployments still running (their command lines name the test's dir).
-fn agents(app: &TestApp) -> Vec<u32> {
-    let dir = app.dir.path().to_string_lossy().into_owned();
-    processes_mentioning(&dir)
+/// Agents of this test's deployments still running: `nim-agent` processes in the cgroup of a
+/// machine under the test's machines directory.
+pub fn agents(app: &TestApp) -> Vec<u32> {
+    let deployments: Vec<String> = std::fs::read_dir(app.dir.path().join("machines"))
         .into_iter()
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("nim-agent"))
-        })
+        .flatten()
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect();
+    local_agents()
+        .into_iter()
+        .filter(|(_, cgroup)| deployments.iter().any(|d| cgroup.contains(d)))
+        .map(|(pid, _)| pid)
         .collect()
 }
 
-async fn agent_answers(port: u64) -> bool {
-    // The backend pins the deployment's certificate; this check only asks whether something
-    // speaking TLS + HTTP answers as an agent on that port.
-    let client =
-        reqwest::Client::builder().no_proxy().danger_accept_invalid_certs(true).build().unwrap();
-    match client.get(format!("https://127.0.0.1:{port}/v1/health")).send().await {
+/// Every `nim-agent` process on the host with its cgroups.
+fn local_agents() -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        if std::fs::read_to_string(entry.path().join("comm")).is_ok_and(|c| c.trim() == "nim-agent")
+        {
+            if let Ok(cgroup) = std::fs::read_to_string(entry.path().join("cgroup")) {
+                found.push((pid, cgroup));
+            }
+        }
+    }
+    found
+}
+
+/// Whether something speaking TLS + HTTP answers as an agent at a machine's address (the
+/// backend pins the deployment's certificate; this only asks whether an agent is there).
+pub async fn agent_answers(address: &str) -> bool {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .danger_accept_invalid_certs(true)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    match client.get(format!("https://{address}:7070/v1/health")).send().await {
         Ok(response) => response.json::<Value>().await.is_ok_and(|body| body["status"] == "ok"),
         Err(_) => false,
     }
@@ -96,9 +118,14 @@ async fn three_local_machines_become_ready_and_destroy_removes_them() {
     assert_eq!(machines.len(), 3, "{ready:#}");
     let names: Vec<_> = machines.iter().map(|m| m["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["local-0", "local-1", "local-2"]);
+    let mut addresses = Vec::new();
     for machine in machines {
-        let port = machine["agent_port"].as_u64().unwrap();
-        assert!(agent_answers(port).await, "agent on {port} does not answer");
+        // Each machine has its own address in the deployment's subnet.
+        let address = machine["public_ip"].as_str().unwrap();
+        assert!(address.starts_with("10.213."), "{machine:#}");
+        assert_eq!(machine["private_ip"], address);
+        assert!(agent_answers(address).await, "agent at {address} does not answer");
+        addresses.push(address.to_owned());
         // `ready` comes with each machine's health and facts, not `unknown`.
         assert_eq!(machine["status"], "healthy", "{machine:#}");
         assert!(machine["last_seen_at"].is_string(), "{machine:#}");
@@ -106,7 +133,11 @@ async fn three_local_machines_become_ready_and_destroy_removes_them() {
     }
     assert_eq!(agents(&app).len(), 3);
     assert_eq!(ready["latest_run"]["status"], "succeeded");
-    assert_eq!(ready["latest_run"]["progress"], json!({"done": 3, "total": 3}));
+    addresses.sort();
+    addresses.dedup();
+    assert_eq!(addresses.len(), 3);
+    // Three machines and their network.
+    assert_eq!(ready["latest_run"]["progress"], json!({"done": 4, "total": 4}));
     // Secrets never come back.
     let text = ready.to_string();
     assert!(!text.contains("BEGIN") && !text.contains("agent_token"), "{text}");
@@ -116,9 +147,18 @@ async fn three_local_machines_become_ready_and_destroy_removes_them() {
     let destroyed = wait_for_status(&app, &token, &id, "destroyed").await;
     assert_eq!(destroyed["machines"], json!([]));
     assert!(agents(&app).is_empty(), "agents left after destroy: {:?}", agents(&app));
-    for machine in machines {
-        assert!(!agent_answers(machine["agent_port"].as_u64().unwrap()).await);
+    for address in &addresses {
+        assert!(!agent_answers(address).await, "{address} still answers");
     }
+    // Every trace is gone: disks, namespaces, the bridge.
+    assert!(!app.dir.path().join("machines").join(&id).exists());
+    let namespaces = std::process::Command::new("ip").args(["netns", "list"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&namespaces.stdout).contains(&id));
+    let links = std::process::Command::new("ip").args(["-d", "link", "show"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&links.stdout).contains(&id),
+        "a link of the deployment is left"
+    );
     // Destroyed is final.
     let again = app.delete_as(&token, &format!("/infrastructure/{id}")).await;
     assert_problem(again, 409, "conflict").await;
@@ -164,8 +204,9 @@ async fn run_events_stream_over_sse_in_order_and_resume_after_last_event_id() {
     assert_eq!(events[0].2["deployment_status"], "provisioning");
     let last_progress =
         events.iter().rev().find(|(_, kind, _)| kind == "progress").expect("a progress event");
-    assert_eq!(last_progress.2["done"], 2);
-    assert_eq!(last_progress.2["total"], 2);
+    // Two machines and their network.
+    assert_eq!(last_progress.2["done"], 3);
+    assert_eq!(last_progress.2["total"], 3);
     assert!(events.iter().any(|(_, kind, data)| kind == "log" && data["resource"] == "terraform_data.machine[1]"));
     let (_, _, finished) = events.last().unwrap();
     assert_eq!(finished["status"], "succeeded");
@@ -432,7 +473,7 @@ async fn cancelling_a_running_apply_fails_the_deployment_and_destroy_still_works
     let id = created["deployment"]["id"].as_str().unwrap();
     let run_id = created["run"]["id"].as_str().unwrap();
     wait_for(&app, &token, id, "the apply to start", |d| {
-        d["latest_run"]["status"] == "running" && d["latest_run"]["progress"]["total"] == 2
+        d["latest_run"]["status"] == "running" && d["latest_run"]["progress"]["total"] == 3
     })
     .await;
 
@@ -455,7 +496,7 @@ async fn cancelling_a_running_apply_fails_the_deployment_and_destroy_still_works
     assert_problem(again, 409, "conflict").await;
     // No terraform or sleeping provisioner of this deployment survives the cancel.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let leftovers: Vec<_> = processes_mentioning(&app.dir.path().to_string_lossy())
+    let leftovers: Vec<_> = crate::helpers::processes_mentioning(&app.dir.path().to_string_lossy())
         .into_iter()
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/cmdline"))
@@ -480,7 +521,7 @@ async fn a_backend_killed_mid_apply_resumes_the_run_once_after_restart() {
     let created = provision(&first, &token, json!({"name": "phoenix", "provider": "local", "variables": {"machine_count": 2, "boot_delay_seconds": 10}})).await;
     let id = created["deployment"]["id"].as_str().unwrap().to_owned();
     wait_for(&first, &token, &id, "the apply to start", |d| {
-        d["latest_run"]["status"] == "running" && d["latest_run"]["progress"]["total"] == 2
+        d["latest_run"]["status"] == "running" && d["latest_run"]["progress"]["total"] == 3
     })
     .await;
     first.kill9();
@@ -499,7 +540,7 @@ async fn a_backend_killed_mid_apply_resumes_the_run_once_after_restart() {
     // Exactly the two machines' agents run: none was leaked by the interrupted apply.
     assert_eq!(agents(&second).len(), 2, "agents: {:?}", agents(&second));
     for machine in ready["machines"].as_array().unwrap() {
-        assert!(agent_answers(machine["agent_port"].as_u64().unwrap()).await);
+        assert!(agent_answers(machine["public_ip"].as_str().unwrap()).await);
     }
 
     second.delete_as(&token, &format!("/infrastructure/{id}")).await;

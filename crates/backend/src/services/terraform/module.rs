@@ -27,9 +27,9 @@ pub const CONTRACT_VARIABLES: [&str; 6] = [
 /// Contract variables that carry secrets and must be declared `sensitive = true`.
 pub const SENSITIVE_VARIABLES: [&str; 3] = ["agent_token", "agent_tls_cert", "agent_tls_key"];
 /// Variables the backend fills when a module declares them (beyond the contract): how machines
-/// get the agent (`agent_binary` locally, `agent_download_url` + `agent_sha256` in clouds) and the
-/// per-machine ports of the local module.
-pub const BACKEND_VARIABLES: [&str; 9] = [
+/// get the agent (`agent_download_url` + `agent_sha256`, or a custom module's `agent_binary`),
+/// and for local sandboxes their subnet, host uids and disks.
+pub const BACKEND_VARIABLES: [&str; 11] = [
     "deployment_id",
     "agent_token",
     "agent_tls_cert",
@@ -38,7 +38,9 @@ pub const BACKEND_VARIABLES: [&str; 9] = [
     "agent_binary",
     "agent_download_url",
     "agent_sha256",
-    "agent_ports",
+    "machine_network",
+    "machine_uid_base",
+    "machines_root",
 ];
 
 /// A module variable as declared.

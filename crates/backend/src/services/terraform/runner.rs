@@ -46,10 +46,15 @@ const PASSED_ENV: [&str; 14] = [
     "http_proxy",
     "https_proxy",
 ];
-/// Prefixes of the cloud providers' standard credential variables, passed through unchanged so
-/// the backend never has to store credentials.
-const PASSED_ENV_PREFIXES: [&str; 6] =
-    ["AWS_", "AZURE_", "ARM_", "GOOGLE_", "CLOUDSDK_", "GCLOUD_"];
+/// Prefixes of each cloud's standard credential variables, by the provider family of a module
+/// (its name up to the first `-` or `_`): passed through unchanged, so the backend never stores
+/// credentials, and only to that cloud's module. Other modules (`local` above all, whose
+/// `local-exec` children are ours but whose machines are users') get none.
+const CREDENTIAL_PREFIXES: [(&str, &[&str]); 3] = [
+    ("aws", &["AWS_"]),
+    ("azure", &["ARM_", "AZURE_"]),
+    ("gcp", &["GOOGLE_", "CLOUDSDK_", "GCLOUD_"]),
+];
 /// Where a running Terraform's pid is kept, in its working directory.
 pub const PID_FILE: &str = ".nim-terraform.pid";
 /// How long output is still read after Terraform exits.
@@ -85,6 +90,8 @@ pub struct Terraform {
     binary: PathBuf,
     version: String,
     base_env: Vec<(OsString, OsString)>,
+    /// The clouds' credential variables found in the backend's environment, by family.
+    credentials: Vec<(&'static str, String, SecretString)>,
 }
 
 impl Terraform {
@@ -101,10 +108,14 @@ impl Terraform {
             format!("failed to create the plugin cache {}", plugin_cache.display())
         })?;
         let mut base_env: Vec<(OsString, OsString)> = std::env::vars_os()
-            .filter(|(key, _)| {
-                let key = key.to_string_lossy();
-                PASSED_ENV.contains(&key.as_ref())
-                    || PASSED_ENV_PREFIXES.iter().any(|p| key.starts_with(p))
+            .filter(|(key, _)| PASSED_ENV.contains(&key.to_string_lossy().as_ref()))
+            .collect();
+        let credentials = std::env::vars()
+            .filter_map(|(key, value)| {
+                let (family, _) = CREDENTIAL_PREFIXES
+                    .iter()
+                    .find(|(_, prefixes)| prefixes.iter().any(|p| key.starts_with(p)))?;
+                Some((*family, key, SecretString::from(value)))
             })
             .collect();
         base_env.extend([
@@ -142,7 +153,17 @@ impl Terraform {
                 binary.display()
             );
         }
-        Ok(Self { binary, version, base_env })
+        Ok(Self { binary, version, base_env, credentials })
+    }
+
+    /// The cloud credential variables a module's runs get: its own cloud's, nothing else.
+    pub fn credentials_for(&self, module: &str) -> Vec<(String, SecretString)> {
+        let family = module.split(['-', '_']).next().unwrap_or_default();
+        self.credentials
+            .iter()
+            .filter(|(f, _, _)| *f == family)
+            .map(|(_, key, value)| (key.clone(), value.clone()))
+            .collect()
     }
 
     pub fn version(&self) -> &str {

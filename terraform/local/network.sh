@@ -1,0 +1,50 @@
+#!/bin/sh
+# A deployment's network on this host: ACTION=up gives its bridge the subnet's first address
+# (the machines' gateway, the host's end of the link); ACTION=down deletes the bridge and the
+# deployment's directory. The bridge itself is claimed by the backend when the deployment is
+# created (its name is recorded in $DEPLOYMENT_DIR/network), so two deployments can never get
+# the same subnet; `up` claims it again if it went away (a reboot).
+set -eu
+umask 077
+. "$(dirname "$0")/common.sh"
+
+check_uuid "$DEPLOYMENT_ID"
+check_ipv4 "$SUBNET"
+alias_text="nim-local $DEPLOYMENT_ID"
+bridge=""
+if [ -f "$DEPLOYMENT_DIR/network" ]; then
+  bridge=$(sed -n 's/^bridge=\(nimbr[0-9]*\)$/\1/p' "$DEPLOYMENT_DIR/network")
+fi
+
+owned() {
+  [ "$(cat "/sys/class/net/$1/ifalias" 2>/dev/null)" = "$alias_text" ]
+}
+
+case "$ACTION" in
+  up)
+    [ -n "$bridge" ] || die "$DEPLOYMENT_DIR/network names no bridge: the backend claims one when the deployment is created"
+    if [ ! -d "/sys/class/net/$bridge" ]; then
+      ip link add name "$bridge" type bridge || die "failed to claim bridge $bridge again"
+      ip link set dev "$bridge" alias "$alias_text"
+    fi
+    owned "$bridge" || die "bridge $bridge belongs to another deployment"
+    # Only IPv4 on the link: no link-local IPv6 chatter between sandboxes.
+    sysctl -qw "net.ipv6.conf.$bridge.disable_ipv6=1" 2>/dev/null || true
+    base=${SUBNET%/*}
+    prefix=${SUBNET#*/}
+    gateway="${base%.*}.$((${base##*.} + 1))"
+    ip addr replace "$gateway/$prefix" dev "$bridge"
+    ip link set dev "$bridge" up
+    echo "network $SUBNET up on $bridge (gateway $gateway)"
+    ;;
+  down)
+    if [ -n "$bridge" ] && owned "$bridge"; then
+      ip link del dev "$bridge"
+      echo "deleted bridge $bridge"
+    fi
+    rm -rf "$DEPLOYMENT_DIR"
+    ;;
+  *)
+    die "ACTION must be up or down"
+    ;;
+esac
