@@ -1,14 +1,21 @@
 //! The agent's one typed configuration. Every setting can come from a flag, an environment
-//! variable (`NIM_AGENT_*`) or a JSON file named by `--config`; flags win over the environment,
-//! which wins over the file. JSON rather than TOML because Terraform writes it natively
+//! variable (`NIM_AGENT_*`) or a JSON file named by `--config` (`-` for stdin); flags win over
+//! the environment, which wins over the file. JSON rather than TOML because Terraform writes it natively
 //! (`jsonencode`) into cloud-init, and because the agent already parses JSON.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    io::Read,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
+
+use crate::hardening;
 
 /// The shortest bearer token the agent accepts; the backend mints far longer ones.
 pub const MIN_TOKEN_LEN: usize = 16;
@@ -16,14 +23,16 @@ pub const MIN_TOKEN_LEN: usize = 16;
 /// nim-agent: runs commands on this machine for nim-backend, over HTTPS with a bearer token.
 ///
 /// Every option can also be set by the environment variable shown with it, or as a key of the
-/// JSON file given to `--config` (the option's long name with `_` for `-`, e.g.
+/// JSON given to `--config` as a file or on stdin (the option's long name with `_` for `-`, e.g.
 /// `{"listen": "0.0.0.0:7070", "token": "...", "tls_cert": "/etc/nim/agent.crt"}`).
 /// Flags win over the environment, which wins over the file.
 #[derive(Debug, Default, Parser, Deserialize)]
 #[command(name = "nim-agent", version, about, long_about)]
 #[serde(deny_unknown_fields)]
 pub struct Args {
-    /// A JSON file with settings.
+    /// A JSON file with settings, or `-` to read them from standard input to its end, so that a
+    /// launcher can pipe them in and the token and key never touch the machine's disk. Once
+    /// read, the agent's stdin is pointed at /dev/null.
     #[arg(long, env = "NIM_AGENT_CONFIG")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
@@ -111,15 +120,28 @@ pub struct Limits {
 pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Config {
-    /// Reads the `--config` file (when given) under the flags and environment, applies
+    /// Reads the `--config` file or stdin (when given) under the flags and environment, applies
     /// defaults and checks the result; errors name the setting to fix.
     pub fn load(args: Args) -> anyhow::Result<Self> {
         let file = match &args.config {
+            Some(path) if path == Path::new("-") => {
+                let mut text = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut text)
+                    .context("failed to read the config from stdin (--config -)")?;
+                // Zeroed when dropped, like the token and key parsed out of it (copies left
+                // behind while the string grew are not).
+                let text = SecretString::from(text);
+                hardening::detach_stdin()?;
+                serde_json::from_str::<Args>(text.expose_secret())
+                    .context("failed to parse the config from stdin (--config -)")?
+            }
             Some(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| {
-                    format!("failed to read the config file {} (--config)", path.display())
-                })?;
-                serde_json::from_str::<Args>(&text).with_context(|| {
+                let text =
+                    std::fs::read_to_string(path).map(SecretString::from).with_context(|| {
+                        format!("failed to read the config file {} (--config)", path.display())
+                    })?;
+                serde_json::from_str::<Args>(text.expose_secret()).with_context(|| {
                     format!("failed to parse the config file {} (--config)", path.display())
                 })?
             }

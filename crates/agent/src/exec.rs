@@ -1,9 +1,10 @@
-//! Running one command: checking the request, starting the child in its own process group,
-//! capturing capped output, and killing the whole group on timeout, on shutdown, or when the
+//! Running one command: checking the request, starting the child in its own process group with
+//! a clean environment, capturing capped output, and killing the whole group on timeout, on shutdown, or when the
 //! request is dropped because the client went away.
 
 use std::{
     collections::BTreeMap,
+    ffi::OsString,
     io,
     os::unix::process::ExitStatusExt,
     path::PathBuf,
@@ -14,7 +15,7 @@ use std::{
 use nix::{
     errno::Errno,
     sys::signal::{Signal, killpg},
-    unistd::Pid,
+    unistd::{Pid, geteuid},
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
@@ -26,6 +27,30 @@ use crate::{config::Limits, error::ApiError};
 /// process it started may still be writing. Past that the agent answers and leaves the
 /// background process running: `cmd &` in a script is how people start daemons.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(1);
+
+/// `PATH` of every command: the usual system directories, whatever the agent's own `PATH` is.
+pub(crate) const COMMAND_PATH: &str =
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The whole environment a command starts with, before the request's `env` is applied on top:
+/// `PATH` ([`COMMAND_PATH`]), `HOME` (the agent's, else `/root` for uid 0, else `/`) and `LANG`
+/// (the agent's, else `C.UTF-8`); an empty value counts as unset. Nothing else of the agent's
+/// own environment reaches a command: the agent may have been started with its token
+/// (`NIM_AGENT_TOKEN`), its key, or whatever its launcher had in its environment.
+pub(crate) fn command_base_env() -> [(&'static str, OsString); 3] {
+    base_env(std::env::var_os("HOME"), std::env::var_os("LANG"), geteuid().is_root())
+}
+
+fn base_env(
+    home: Option<OsString>,
+    lang: Option<OsString>,
+    root: bool,
+) -> [(&'static str, OsString); 3] {
+    let set = |value: Option<OsString>| value.filter(|value| !value.is_empty());
+    let home = set(home).unwrap_or_else(|| if root { "/root" } else { "/" }.into());
+    let lang = set(lang).unwrap_or_else(|| "C.UTF-8".into());
+    [("PATH", COMMAND_PATH.into()), ("HOME", home), ("LANG", lang)]
+}
 
 /// A request that passed every check and can be started.
 #[derive(Debug)]
@@ -128,6 +153,8 @@ impl ExecPlan {
         let mut command = tokio::process::Command::new(&self.program);
         command
             .args(&self.args)
+            .env_clear()
+            .envs(command_base_env())
             .envs(&self.env)
             .stdin(if self.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
@@ -303,5 +330,43 @@ async fn feed(stdin: Option<tokio::process::ChildStdin>, input: Option<String>) 
         && err.kind() != io::ErrorKind::BrokenPipe
     {
         tracing::warn!(error = %err, "failed to write a command's stdin");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(env: [(&'static str, OsString); 3]) -> Vec<(&'static str, String)> {
+        env.into_iter().map(|(name, value)| (name, value.into_string().unwrap())).collect()
+    }
+
+    #[test]
+    fn the_base_environment_keeps_the_agents_home_and_lang() {
+        let env = base_env(Some("/home/nim".into()), Some("de_DE.UTF-8".into()), true);
+        assert_eq!(
+            values(env),
+            [
+                ("PATH", COMMAND_PATH.to_owned()),
+                ("HOME", "/home/nim".into()),
+                ("LANG", "de_DE.UTF-8".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn without_home_or_lang_root_gets_slash_root_and_others_slash() {
+        assert_eq!(
+            values(base_env(None, Some("".into()), true)),
+            [
+                ("PATH", COMMAND_PATH.to_owned()),
+                ("HOME", "/root".into()),
+                ("LANG", "C.UTF-8".into())
+            ]
+        );
+        assert_eq!(
+            values(base_env(Some("".into()), None, false)),
+            [("PATH", COMMAND_PATH.to_owned()), ("HOME", "/".into()), ("LANG", "C.UTF-8".into())]
+        );
     }
 }

@@ -6,6 +6,7 @@ mod api;
 pub mod config;
 mod error;
 mod exec;
+pub mod hardening;
 mod info;
 mod server;
 pub mod telemetry;

@@ -1,12 +1,22 @@
-//! `nim-agent`: reads configuration, sets up logging, and runs the [`Agent`] until SIGTERM.
+//! `nim-agent`: makes itself non-dumpable, reads configuration, sets up logging, and runs the
+//! [`Agent`] until SIGTERM.
 
 use anyhow::Context;
 use clap::Parser;
-use nim_agent::{Agent, Args, Config, telemetry};
+use nim_agent::{Agent, Args, Config, hardening, telemetry};
 
 fn main() -> anyhow::Result<()> {
+    // First, before the token and key are read: commands run as the agent's user, and must not
+    // read them out of its memory, environment or descriptors.
+    let not_dumpable = hardening::set_not_dumpable();
     let config = Config::load(Args::parse())?;
     telemetry::init(config.log_format);
+    if let Err(err) = not_dumpable {
+        tracing::warn!(
+            error = %err,
+            "failed to make the agent non-dumpable (prctl PR_SET_DUMPABLE): commands running as its user can read its /proc/<pid>/environ, mem and fd"
+        );
+    }
     // Two workers are plenty for a daemon whose work is waiting on child processes and pipes,
     // and keep it lean on a many-core machine.
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -18,7 +18,7 @@ use nim_backend::services::{
 };
 use secrecy::{ExposeSecret, SecretString};
 use tokio::{
-    io::{AsyncBufReadExt, BufReader},
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     process::{Child, Command},
 };
 use wire::{ExecRequest, ExecResponse};
@@ -69,10 +69,37 @@ impl Deployment {
         futures_util::future::join_all(agents).await
     }
 
-    /// Runs a prepared `nim-agent` command and waits for its `{"listening": ...}` line.
-    pub(crate) async fn spawn_configured(&self, mut command: Command, name: &str) -> TestAgent {
+    /// The settings of [`Deployment::spawn_agent`] as `--config` JSON, the key as PEM text.
+    pub(crate) fn config_json(&self) -> String {
+        serde_json::json!({
+            "listen": "127.0.0.1:0",
+            "token": self.token,
+            "tls_cert": self.cert.cert_pem,
+            "tls_key": self.cert.key_pem.expose_secret(),
+        })
+        .to_string()
+    }
+
+    /// Runs a prepared `nim-agent` command, stdin null, and waits for its `{"listening": ...}`
+    /// line.
+    pub(crate) async fn spawn_configured(&self, command: Command, name: &str) -> TestAgent {
+        self.spawn_configured_with(command, name, AgentStdin::Null).await
+    }
+
+    /// [`Deployment::spawn_configured`] with the agent's stdin given by `stdin`.
+    pub(crate) async fn spawn_configured_with(
+        &self,
+        mut command: Command,
+        name: &str,
+        stdin: AgentStdin,
+    ) -> TestAgent {
+        let (stdio, input) = match stdin {
+            AgentStdin::Null => (Stdio::null(), None),
+            AgentStdin::Pipe(input) => (Stdio::piped(), Some(input)),
+            AgentStdin::File(file) => (Stdio::from(file), None),
+        };
         command
-            .stdin(Stdio::null())
+            .stdin(stdio)
             .stdout(Stdio::piped())
             .stderr(if std::env::var_os("TEST_LOG").is_some() {
                 Stdio::inherit()
@@ -81,6 +108,12 @@ impl Deployment {
             })
             .kill_on_drop(true);
         let mut child = command.spawn().expect("nim-agent starts");
+        if let Some(input) = input {
+            let mut pipe = child.stdin.take().expect("stdin is piped");
+            pipe.write_all(input.as_bytes()).await.expect("the agent reads its stdin");
+            // Dropping the pipe is the end of file the agent reads to.
+            drop(pipe);
+        }
         let stdout = child.stdout.take().expect("stdout is piped");
         let mut line = String::new();
         tokio::time::timeout(Duration::from_secs(30), BufReader::new(stdout).read_line(&mut line))
@@ -102,6 +135,15 @@ impl Deployment {
             child,
         }
     }
+}
+
+/// What a test agent's standard input is.
+pub(crate) enum AgentStdin {
+    Null,
+    /// A pipe that gets this text, then end of file.
+    Pipe(String),
+    /// An open file, as a shell's `< file` gives it.
+    File(std::fs::File),
 }
 
 /// A running agent process; killed when dropped.

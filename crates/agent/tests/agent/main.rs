@@ -4,5 +4,6 @@
 mod exec;
 mod fanout;
 mod helpers;
+mod isolation;
 mod protocol;
 mod shutdown;
