@@ -19,7 +19,8 @@ pub struct ExecRequest {
     /// A script for `/bin/sh -c`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shell: Option<String>,
-    /// Variables added to (or replacing ones in) the agent's own environment.
+    /// Variables set on top of the command's small base environment (`PATH`, `HOME`, `LANG`;
+    /// never the agent's own environment), replacing base ones of the same name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
     /// Working directory; must exist. Default: the agent's working directory.

@@ -421,6 +421,7 @@ impl CommandService {
         let total = targets.len();
         let plan = Plan {
             command_id: command.id,
+            deployment_id: deployment.id,
             exec: request.exec_request(command.id),
             timeout: request.timeout(),
             concurrency: request
@@ -543,6 +544,7 @@ impl CommandService {
 /// What the command's task needs to run it.
 struct Plan {
     command_id: Uuid,
+    deployment_id: Uuid,
     exec: ExecRequest,
     timeout: Duration,
     concurrency: usize,
@@ -607,6 +609,10 @@ async fn execute(
                 let status = row.status();
                 errors += usize::from(status.is_error());
                 statuses.push(status);
+                // An answer from the agent is a sign of life: health need not wait its round.
+                if matches!(status, ResultStatus::Succeeded | ResultStatus::Failed) {
+                    store.mark_machine_seen(plan.deployment_id, &row.machine, crate::domain::now()).await?;
+                }
                 store.finish_command_result(row).await?;
             }
             () = cancel.cancelled(), if stop.is_none() || stop == Some(Stop::MaxErrors) => {

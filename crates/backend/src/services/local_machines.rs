@@ -139,7 +139,8 @@ impl LocalMachines {
         let cgroups =
             ["/sys/fs/cgroup/cgroup.controllers", "/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids"];
         let v2 = Path::new(cgroups[0]).exists();
-        if !v2 && !(Path::new(cgroups[1]).is_dir() && Path::new(cgroups[2]).is_dir()) {
+        let v1 = Path::new(cgroups[1]).is_dir() && Path::new(cgroups[2]).is_dir();
+        if !v2 && !v1 {
             return Err("local machines need the memory and pids cgroup controllers (cgroup v2, or v1 mounted at /sys/fs/cgroup/memory and /sys/fs/cgroup/pids) to limit each machine".into());
         }
         std::fs::create_dir_all(&settings.machines_dir)
@@ -186,9 +187,13 @@ impl LocalMachines {
             // Another server may create it at the same moment: only the address step must work.
             let _ = ip(&["link", "add", "name", GATEWAY_LINK, "type", "bridge"]).await;
         }
+        // Addresses of the range that no deployment holds go nowhere, rather than out of the
+        // host through its default route (each deployment's /26 on its bridge is more specific).
+        let range = settings.network.to_string();
         for args in [
             &["addr", "replace", gateway.as_str(), "dev", GATEWAY_LINK][..],
             &["link", "set", "dev", GATEWAY_LINK, "up"],
+            &["route", "replace", "unreachable", range.as_str()],
         ] {
             ip(args).await.map_err(|err| format!("failed to set up the machine-facing address {gateway} on {GATEWAY_LINK}: {err:#}"))?;
         }

@@ -5,7 +5,7 @@
 
 use std::{
     path::PathBuf,
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -13,7 +13,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::{
-    helpers::{TestApp, agent_binary, app, assert_problem, error_fields, json_ok},
+    helpers::{TestApp, app, assert_problem, error_fields, json_ok},
     provisioning::{provision, wait_for, wait_for_status},
 };
 
@@ -40,7 +40,7 @@ async fn send(app: &TestApp, token: &str, id: &str, body: Value) -> reqwest::Res
 }
 
 /// Sends a command, waits for its answer and checks it is a 200.
-async fn run(app: &TestApp, token: &str, id: &str, body: Value) -> Value {
+pub async fn run_command(app: &TestApp, token: &str, id: &str, body: Value) -> Value {
     json_ok(send(app, token, id, body).await).await
 }
 
@@ -107,8 +107,35 @@ pub async fn wait_for_command(
     }
 }
 
-fn machine_dir(app: &TestApp, id: &str, machine: &str) -> PathBuf {
-    app.dir.path().join(format!("data/deployments/{id}/modules/local/machines/{machine}"))
+/// A local machine's directory on the host.
+pub fn machine_dir(app: &TestApp, id: &str, machine: &str) -> PathBuf {
+    app.machines_dir.join(id).join(machine)
+}
+
+/// A file a command wrote as `/tmp/markers/<name>` on a machine, seen from the host through the
+/// machine's disk (the sandbox sees nothing of the host's files, and the host reads its disk).
+pub fn marker(app: &TestApp, id: &str, machine: &str, name: &str) -> PathBuf {
+    machine_dir(app, id, machine).join("disk/tmp/markers").join(name)
+}
+
+/// The host pid of the process a machine knows as `pid` (in its own pid namespace).
+pub fn host_pid(id: &str, machine: &str, pid: u32) -> u32 {
+    let cgroup = format!("{id}-{machine}");
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(host) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let in_machine =
+            std::fs::read_to_string(entry.path().join("cgroup")).is_ok_and(|c| c.contains(&cgroup));
+        let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+        let inner = status
+            .lines()
+            .find(|l| l.starts_with("NSpid:"))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|p| p.parse::<u32>().ok());
+        if in_machine && inner == Some(pid) {
+            return host;
+        }
+    }
+    panic!("no process {pid} on machine {machine}");
 }
 
 pub fn alive(pid: u32) -> bool {
@@ -116,38 +143,20 @@ pub fn alive(pid: u32) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
 }
 
-/// Stops a local machine's agent (its whole session) as a crashed VM would be.
-fn stop_agent(app: &TestApp, id: &str, machine: &str) {
-    let pid: u32 = std::fs::read_to_string(machine_dir(app, id, machine).join("agent.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let status = Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).status().unwrap();
-    assert!(status.success());
-    let started = Instant::now();
-    while alive(pid) {
-        assert!(started.elapsed() < Duration::from_secs(10), "agent {pid} survived SIGKILL");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// The host end of a machine's link (from the sandbox's own record).
+pub fn veth(app: &TestApp, id: &str, machine: &str) -> String {
+    let env = std::fs::read_to_string(machine_dir(app, id, machine).join("sandbox.env")).unwrap();
+    env.lines().find_map(|l| l.strip_prefix("VETH=")).unwrap().to_owned()
 }
 
-/// Starts a local machine's agent again from its config, as `terraform/local` does.
-fn start_agent(app: &TestApp, id: &str, machine: &str) {
-    let dir = machine_dir(app, id, machine);
-    let mut child = Command::new("setsid")
-        .arg(agent_binary())
-        .arg("--config")
-        .arg(dir.join("agent.json"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
+/// Takes a machine's link down (a partition: the machine and its agent keep running) or up.
+pub fn set_link(app: &TestApp, id: &str, machine: &str, up: bool) {
+    let state = if up { "up" } else { "down" };
+    let status = Command::new("ip")
+        .args(["link", "set", "dev", &veth(app, id, machine), state])
+        .status()
         .unwrap();
-    // `setsid` execs the agent in place (the child is not a group leader), so this is its pid.
-    std::fs::write(dir.join("agent.pid"), child.id().to_string()).unwrap();
-    // Reaped when it exits; the test app's teardown kills it with the other agents.
-    std::thread::spawn(move || child.wait());
+    assert!(status.success());
 }
 
 #[tokio::test]
@@ -166,9 +175,13 @@ async fn commands_run_on_all_machines_or_a_subset_and_report_failures_and_timeou
     assert!(deployment["machines"][0]["info"]["agent_version"].is_string(), "{deployment:#}");
 
     // Every machine, through a shell; each machine knows its name.
-    let all =
-        run(&app, &token, &id, json!({"shell": "echo hello from $NIM_MACHINE; echo note >&2"}))
-            .await;
+    let all = run_command(
+        &app,
+        &token,
+        &id,
+        json!({"shell": "echo hello from $NIM_MACHINE; echo note >&2"}),
+    )
+    .await;
     assert_eq!(all["status"], "succeeded", "{all:#}");
     assert_eq!(all["summary"]["total"], 5);
     assert_eq!(all["summary"]["succeeded"], 5);
@@ -179,14 +192,14 @@ async fn commands_run_on_all_machines_or_a_subset_and_report_failures_and_timeou
         assert_eq!(result["stdout"], format!("hello from {}\n", machine["name"].as_str().unwrap()));
         assert_eq!(result["stderr"], "note\n");
         assert_eq!(result["exit_code"], 0);
-        assert_eq!(result["address"], format!("127.0.0.1:{}", machine["agent_port"]));
+        assert_eq!(result["address"], format!("{}:7070", machine["public_ip"].as_str().unwrap()));
         assert!(result["duration_ms"].is_u64() && result["error"].is_null(), "{result}");
     }
     assert_eq!(all["request"]["timeout_s"], 60, "defaults are filled in");
     assert_eq!(all["request"]["max_concurrency"], 64);
 
     // A subset, in the order given; argv runs without a shell.
-    let subset = run(
+    let subset = run_command(
         &app,
         &token,
         &id,
@@ -198,7 +211,7 @@ async fn commands_run_on_all_machines_or_a_subset_and_report_failures_and_timeou
     assert_eq!(subset["summary"]["total"], 2);
 
     // One machine fails: partial, with its exit code.
-    let partial = run(
+    let partial = run_command(
         &app,
         &token,
         &id,
@@ -213,15 +226,19 @@ async fn commands_run_on_all_machines_or_a_subset_and_report_failures_and_timeou
     assert_eq!(partial["summary"]["succeeded"], 4);
 
     // Every machine fails: failed (still HTTP 200).
-    let failed =
-        run(&app, &token, &id, json!({"argv": ["false"], "machines": ["local-0", "local-4"]}))
-            .await;
+    let failed = run_command(
+        &app,
+        &token,
+        &id,
+        json!({"argv": ["false"], "machines": ["local-0", "local-4"]}),
+    )
+    .await;
     assert_eq!(failed["status"], "failed");
     assert_eq!(failed["results"][1]["exit_code"], 1);
 
     // A timeout kills the command and keeps what it printed.
     let started = Instant::now();
-    let timed_out = run(
+    let timed_out = run_command(
         &app,
         &token,
         &id,
@@ -236,7 +253,8 @@ async fn commands_run_on_all_machines_or_a_subset_and_report_failures_and_timeou
 
     // Longer than the request time limit (2 s): the waiting call is exempt from it.
     let long =
-        run(&app, &token, &id, json!({"argv": ["sleep", "3"], "machines": ["local-4"]})).await;
+        run_command(&app, &token, &id, json!({"argv": ["sleep", "3"], "machines": ["local-4"]}))
+            .await;
     assert_eq!(long["status"], "succeeded", "{long:#}");
 
     // Async: 202 at once with the stored, pending command; the result is fetched later.
@@ -330,18 +348,14 @@ async fn max_errors_stops_the_rollout_and_cancel_stops_a_long_command() {
     let app = app().provisioning().spawn().await;
     let token = app.token("rollout@example.com").await;
     let id = ready_fleet(&app, &token, "rollout").await;
-    let markers = app.dir.path().join("markers");
-    std::fs::create_dir_all(&markers).unwrap();
-    let markers_env = markers.to_string_lossy().into_owned();
 
     // One machine at a time; after two failures the other three are never sent the command.
-    let stopped = run(
+    let stopped = run_command(
         &app,
         &token,
         &id,
         json!({
-            "shell": "touch \"$MARKERS/$NIM_MACHINE\"; exit 1",
-            "env": {"MARKERS": markers_env},
+            "shell": "mkdir -p /tmp/markers; touch /tmp/markers/$NIM_MACHINE; exit 1",
             "max_concurrency": 1,
             "max_errors": 2,
         }),
@@ -352,15 +366,12 @@ async fn max_errors_stops_the_rollout_and_cancel_stops_a_long_command() {
     assert_eq!(stopped["summary"]["skipped"], 3);
     assert!(stopped["results"][2]["error"].as_str().unwrap().contains("max_errors"));
     assert!(stopped["results"][2]["started_at"].is_null());
-    let mut ran: Vec<_> = std::fs::read_dir(&markers)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    ran.sort();
+    let ran: Vec<&str> =
+        MACHINES.iter().copied().filter(|m| marker(&app, &id, m, m).exists()).collect();
     assert_eq!(ran, ["local-0", "local-1"], "skipped machines must never run the command");
 
     // Percentages of the targeted machines: 20% of 5 is one at a time and one error.
-    let partial = run(
+    let partial = run_command(
         &app,
         &token,
         &id,
@@ -376,8 +387,7 @@ async fn max_errors_stops_the_rollout_and_cancel_stops_a_long_command() {
         &token,
         &id,
         json!({
-            "shell": "echo $$ > \"$MARKERS/$NIM_MACHINE.pid\"; sleep 60",
-            "env": {"MARKERS": markers.to_string_lossy()},
+            "shell": "mkdir -p /tmp/markers; echo $$ > /tmp/markers/$NIM_MACHINE.pid; sleep 60",
             "max_concurrency": 2,
         }),
     )
@@ -388,8 +398,8 @@ async fn max_errors_stops_the_rollout_and_cancel_stops_a_long_command() {
     })
     .await;
     let pids = [
-        read_pid(&markers.join("local-0.pid")).await,
-        read_pid(&markers.join("local-1.pid")).await,
+        host_pid(&id, "local-0", read_pid(&marker(&app, &id, "local-0", "local-0.pid")).await),
+        host_pid(&id, "local-1", read_pid(&marker(&app, &id, "local-1", "local-1.pid")).await),
     ];
     assert!(pids.iter().all(|pid| alive(*pid)));
 
@@ -414,7 +424,10 @@ async fn max_errors_stops_the_rollout_and_cancel_stops_a_long_command() {
         assert!(Instant::now() < deadline, "cancelled commands still run: {pids:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(!markers.join("local-2.pid").exists(), "a machine not started must never run it");
+    assert!(
+        !marker(&app, &id, "local-2", "local-2.pid").exists(),
+        "a machine not started must never run it"
+    );
     let again = app
         .post_as(&token, &format!("/infrastructure/{id}/commands/{command_id}/cancel"), &json!({}))
         .await;
@@ -427,8 +440,7 @@ async fn max_errors_stops_the_rollout_and_cancel_stops_a_long_command() {
         .bearer_auth(&token)
         .timeout(Duration::from_millis(500))
         .json(&json!({
-            "shell": "sleep 2; touch \"$MARKERS/finished-anyway\"",
-            "env": {"MARKERS": markers.to_string_lossy()},
+            "shell": "sleep 2; touch /tmp/markers/finished-anyway",
             "machines": ["local-0"],
         }))
         .send()
@@ -443,11 +455,11 @@ async fn max_errors_stops_the_rollout_and_cancel_stops_a_long_command() {
     })
     .await;
     assert_eq!(finished["status"], "succeeded");
-    assert!(markers.join("finished-anyway").exists());
+    assert!(marker(&app, &id, "local-0", "finished-anyway").exists());
 }
 
 #[tokio::test]
-async fn stopped_agents_are_unreachable_to_commands_and_to_the_health_checker() {
+async fn network_faults_on_one_machine_leave_the_others_working_and_health_recovers() {
     let app = app().provisioning().env("NIM_HEALTH_INTERVAL_SECS", "1").spawn().await;
     let token = app.token("health@example.com").await;
     let id = ready_fleet(&app, &token, "patients").await;
@@ -463,40 +475,85 @@ async fn stopped_agents_are_unreachable_to_commands_and_to_the_health_checker() 
         assert!(machine["info"]["cpus"].as_u64().unwrap() >= 1);
     }
 
-    stop_agent(&app, &id, "local-1");
-    stop_agent(&app, &id, "local-3");
+    // A partition of local-1 (its link down: the machine and its agent keep running), and
+    // local-3 losing 30% of the packets it receives.
+    set_link(&app, &id, "local-1", false);
+    let cut_at = Instant::now();
+    lose_packets(&app, &id, "local-3", Some(30));
     let started = Instant::now();
-    let command = run(&app, &token, &id, json!({"argv": ["true"], "timeout_s": 5})).await;
-    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
-    assert_eq!(command["status"], "partial");
+    let command = run_command(&app, &token, &id, json!({"argv": ["true"], "timeout_s": 5})).await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(12), "took {took:?}");
+    assert_eq!(command["status"], "partial", "{command:#}");
+    // The partitioned machine answers nothing: its connection or its command times out.
+    let statuses = statuses(&command);
+    assert!(["timed_out", "unreachable"].contains(&statuses[1]), "{command:#}");
     assert_eq!(
-        statuses(&command),
-        ["succeeded", "unreachable", "succeeded", "unreachable", "succeeded"]
+        [statuses[0], statuses[2], statuses[3], statuses[4]],
+        ["succeeded"; 4],
+        "{command:#}"
     );
-    assert!(command["results"][1]["error"].as_str().unwrap().contains("cannot reach the agent"));
-    assert_eq!(command["summary"]["unreachable"], 2);
+    assert!(command["results"][1]["error"].is_string(), "{command:#}");
+    println!(
+        "partition: the command answered in {took:?} (timeout 5 s + the 5 s response margin) with local-1 {}; local-3 with 30% loss took {} ms",
+        statuses[1], command["results"][3]["duration_ms"]
+    );
 
-    let degraded = wait_for(&app, &token, &id, "two machines unreachable", |d| {
-        d["machines"].as_array().unwrap().iter().filter(|m| m["status"] == "unreachable").count()
-            == 2
+    let degraded = wait_for(&app, &token, &id, "local-1 unreachable", |d| {
+        d["machines"][1]["status"] == "unreachable"
     })
     .await;
+    println!(
+        "health marked the partitioned machine unreachable {:?} after the cut",
+        cut_at.elapsed()
+    );
     assert_eq!(degraded["degraded"], true);
     assert_eq!(degraded["status"], "ready", "health never changes the lifecycle status");
-    assert_eq!(degraded["machines"][1]["status"], "unreachable");
-    assert_eq!(degraded["machines"][3]["status"], "unreachable");
     // The last sighting is kept.
     assert!(degraded["machines"][1]["last_seen_at"].is_string());
 
-    start_agent(&app, &id, "local-1");
-    start_agent(&app, &id, "local-3");
+    lose_packets(&app, &id, "local-3", None);
+    set_link(&app, &id, "local-1", true);
+    let healed_at = Instant::now();
+    // A successful command is a sign of life: the machine is healthy again at once.
+    let again =
+        run_command(&app, &token, &id, json!({"argv": ["true"], "machines": ["local-1"]})).await;
+    assert_eq!(again["status"], "succeeded", "{again:#}");
+    let after_command =
+        json_ok(app.get(&format!("/infrastructure/{id}"), Some(&token)).await).await;
+    assert_eq!(after_command["machines"][1]["status"], "healthy", "{after_command:#}");
+    println!(
+        "the link came back; a command succeeded and marked local-1 healthy after {:?}",
+        healed_at.elapsed()
+    );
     let recovered = wait_for(&app, &token, &id, "every machine healthy again", |d| {
         d["machines"].as_array().unwrap().iter().all(|m| m["status"] == "healthy")
     })
     .await;
     assert_eq!(recovered["degraded"], false);
-    let again = run(&app, &token, &id, json!({"argv": ["true"]})).await;
-    assert_eq!(again["status"], "succeeded");
+    let all = run_command(&app, &token, &id, json!({"argv": ["true"]})).await;
+    assert_eq!(all["status"], "succeeded");
+}
+
+/// Drops `percent` of the packets a machine receives (nftables in its own namespace, which the
+/// machine cannot change), or stops dropping them.
+fn lose_packets(app: &TestApp, id: &str, machine: &str, percent: Option<u32>) {
+    let env = std::fs::read_to_string(machine_dir(app, id, machine).join("sandbox.env")).unwrap();
+    let netns = env.lines().find_map(|l| l.strip_prefix("NETNS=")).unwrap();
+    let rules = match percent {
+        Some(p) => format!(
+            "table inet nim_fault {{\n  chain input {{\n    type filter hook input priority -10;\n    numgen random mod 100 < {p} drop\n  }}\n}}\n"
+        ),
+        None => "delete table inet nim_fault\n".to_owned(),
+    };
+    let mut nft = Command::new("ip")
+        .args(["netns", "exec", netns, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut nft.stdin.take().unwrap(), rules.as_bytes()).unwrap();
+    let status = nft.wait().unwrap();
+    assert!(status.success(), "nft {rules}");
 }
 
 #[tokio::test]
@@ -525,8 +582,8 @@ async fn a_backend_restart_leaves_a_running_command_interrupted_with_what_had_fi
     assert!(command["finished_at"].is_string());
 
     // The machines outlived the backend; the next command runs.
-    let next = run(&second, &token, &id, json!({"argv": ["true"]})).await;
-    assert_eq!(next["status"], "succeeded");
+    let next = run_command(&second, &token, &id, json!({"argv": ["true"]})).await;
+    assert_eq!(next["status"], "succeeded", "{next:#}");
 }
 
 #[tokio::test]
@@ -558,16 +615,11 @@ async fn sigterm_interrupts_running_commands_and_records_them_before_exiting() {
     let mut first = app().provisioning().spawn().await;
     let token = first.token("sigterm@example.com").await;
     let id = ready_fleet(&first, &token, "graceful").await;
-    let markers = first.dir.path().join("markers");
-    std::fs::create_dir_all(&markers).unwrap();
     let (accepted, _) = start(
         &first,
         &token,
         &id,
-        json!({
-            "shell": "echo $$ > \"$MARKERS/$NIM_MACHINE.pid\"; sleep 60",
-            "env": {"MARKERS": markers.to_string_lossy()},
-        }),
+        json!({"shell": "mkdir -p /tmp/markers; echo $$ > /tmp/markers/$NIM_MACHINE.pid; sleep 60"}),
     )
     .await;
     let command_id = accepted["id"].as_str().unwrap().to_owned();
@@ -575,7 +627,8 @@ async fn sigterm_interrupts_running_commands_and_records_them_before_exiting() {
         c["summary"]["running"] == 5
     })
     .await;
-    let pid = read_pid(&markers.join("local-4.pid")).await;
+    let pid =
+        host_pid(&id, "local-4", read_pid(&marker(&first, &id, "local-4", "local-4.pid")).await);
 
     let started = Instant::now();
     assert!(first.terminate().success());

@@ -27,6 +27,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub dir: TempDir,
     pub database: Option<PostgresDatabase>,
+    /// Where its local machines live (`NIM_LOCAL_MACHINES_DIR`; replicas of a test share one).
+    pub machines_dir: PathBuf,
     child: Child,
 }
 
@@ -140,7 +142,6 @@ impl AppBuilder {
             let modules = if modules.exists() { modules } else { modules_dir(dir.path()) };
             command
                 .env("NIM_MODULES_DIR", modules)
-                .env("NIM_LOCAL_MACHINES_DIR", dir.path().join("machines"))
                 .env("NIM_AGENT_BINARY", agent_binary())
                 .env("NIM_RUN_CANCEL_GRACE_SECS", "10")
                 .env("NIM_READY_TIMEOUT_SECS", "30");
@@ -156,6 +157,12 @@ impl AppBuilder {
         for (key, value) in &self.envs {
             command.env(key, value);
         }
+        let machines_dir = self
+            .envs
+            .iter()
+            .find(|(key, _)| key == "NIM_LOCAL_MACHINES_DIR")
+            .map_or_else(|| dir.path().join("machines"), |(_, value)| PathBuf::from(value));
+        command.env("NIM_LOCAL_MACHINES_DIR", &machines_dir);
         let mut child = command.spawn().expect("failed to start nim-backend");
         let addr = wait_for_listening(&mut child);
         let client = reqwest::Client::builder()
@@ -163,7 +170,7 @@ impl AppBuilder {
             .timeout(Duration::from_secs(30))
             .build()
             .expect("http client");
-        TestApp { addr, client, dir, database: self.database, child }
+        TestApp { addr, client, dir, database: self.database, machines_dir, child }
     }
 }
 
@@ -207,7 +214,7 @@ impl Drop for TestApp {
         let _ = self.child.wait();
         // Machines of deployments a test did not destroy outlive their backend, as VMs would;
         // they must not outlive the test.
-        reap_local_machines(&self.dir.path().join("machines"));
+        reap_local_machines(&self.machines_dir);
         for pid in processes_mentioning(&self.dir.path().to_string_lossy()) {
             let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
         }
@@ -242,6 +249,11 @@ pub fn reap_local_machines(machines_dir: &Path) {
 }
 
 impl TestApp {
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
@@ -346,6 +358,8 @@ impl TestApp {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let dir = tempfile::tempdir().expect("temp dir");
+        // The machines outlive this server (as VMs would) and belong to the next one.
+        self.machines_dir = dir.path().join("machines");
         Reuse { dir: std::mem::replace(&mut self.dir, dir), database: self.database.take() }
     }
 }

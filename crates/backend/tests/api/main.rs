@@ -12,5 +12,6 @@ mod helpers;
 mod nimctl;
 mod postgres;
 mod provisioning;
+mod sandbox;
 mod server;
 mod supabase;

@@ -132,16 +132,16 @@ async fn nimctl_signs_up_deploys_runs_commands_and_destroys_local_machines() {
         .fails_with("2 fields are invalid (422 validation_failed)\n  name: must be")
         .fails_with("\n  variables.boot_delay_seconds: expected number, got a string");
     let plan = user.nimctl(&["deploy", "fleet", "-p", "local", "-n", "2", "--dry-run"]).await.ok();
-    assert!(plan.stdout.contains("Plan: 2 to add, 0 to change, 0 to destroy."), "{}", plan.stdout);
+    assert!(plan.stdout.contains("Plan: 3 to add, 0 to change, 0 to destroy."), "{}", plan.stdout);
     let listed = user.nimctl(&["-o", "json", "list"]).await.ok().json();
     assert_eq!(listed["items"], serde_json::json!([]), "a dry run creates nothing");
 
     let deployed = user.nimctl(&["deploy", "fleet", "-p", "local", "-n", "2"]).await.ok();
-    assert!(deployed.stderr.contains("Apply complete! Resources: 2 added"), "{}", deployed.stderr);
-    assert!(deployed.stderr.contains("[2/2] resources"), "{}", deployed.stderr);
+    assert!(deployed.stderr.contains("Apply complete! Resources: 3 added"), "{}", deployed.stderr);
+    assert!(deployed.stderr.contains("[3/3] resources"), "{}", deployed.stderr);
     assert!(deployed.stdout.contains("status:    ready"), "{}", deployed.stdout);
     let local1 = deployed.stdout.lines().find(|l| l.starts_with("local-1 ")).expect("local-1");
-    assert!(local1.contains("  127.0.0.1  ") && local1.contains(" healthy "), "{local1}");
+    assert!(local1.contains("  10.213.") && local1.contains(" healthy "), "{local1}");
     assert!(local1.contains(" CPU, "), "the agent's facts are shown: {local1}");
 
     // A second live `fleet` would be ambiguous (and a second bill): refused unless asked for.

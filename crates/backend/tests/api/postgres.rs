@@ -20,10 +20,9 @@ use sqlx::{Connection, PgConnection, Row};
 use tokio::{net::TcpListener, task::AbortHandle};
 
 use crate::{
-    commands::{alive, read_pid, start, wait_for_command},
-    helpers::{
-        TestApp, app, assert_problem, json_ok, processes_mentioning, read_events_until_finished,
-    },
+    commands::{alive, host_pid, marker, read_pid, start, wait_for_command},
+    helpers::{TestApp, app, assert_problem, json_ok, read_events_until_finished},
+    provisioning::agents,
     provisioning::{provision, wait_for, wait_for_status},
 };
 
@@ -236,6 +235,7 @@ async fn a_database_outage_gives_503s_and_the_server_recovers_without_a_restart(
 #[tokio::test]
 async fn two_replicas_share_the_work_and_take_over_from_a_killed_one() {
     let Some(database) = PostgresDatabase::create().await else { return };
+    let machines = tempfile::tempdir().unwrap();
     let replica = |name: &str| {
         app()
             .provisioning()
@@ -243,6 +243,8 @@ async fn two_replicas_share_the_work_and_take_over_from_a_killed_one() {
             .env("NIM_REPLICA_NAME", name)
             .env("NIM_RUN_LEASE_SECS", "4")
             .env("NIM_MAX_CONCURRENT_RUNS", "3")
+            // Replicas on one host share the local machines' directory.
+            .env("NIM_LOCAL_MACHINES_DIR", machines.path().to_string_lossy())
             .spawn()
     };
     let a = replica("replica-a").await;
@@ -371,24 +373,29 @@ async fn two_replicas_share_the_work_and_take_over_from_a_killed_one() {
     );
 
     // Exactly one agent per deployment, whoever started it.
-    let b_dir = b.dir.path().to_string_lossy().into_owned();
-    let a_dir = a.dir.path().to_string_lossy().into_owned();
-    let agents = processes_mentioning(&a_dir).len() + processes_mentioning(&b_dir).len();
-    assert_eq!(agents, 10);
+    let running = agents(&a).len() + agents(&b).len();
+    assert_eq!(running, 10, "exactly one agent per deployment");
     for id in &ids {
         a.delete_as(&token, &format!("/infrastructure/{id}")).await;
     }
     for id in &ids {
         wait_status(&a, &token, id, "destroyed").await;
     }
-    assert_eq!(processes_mentioning(&a_dir).len() + processes_mentioning(&b_dir).len(), 0);
+    assert_eq!(agents(&a).len() + agents(&b).len(), 0);
 }
 
 #[tokio::test]
 async fn a_command_cancelled_through_another_replica_stops_on_the_replica_running_it() {
     let Some(database) = PostgresDatabase::create().await else { return };
+    let machines = tempfile::tempdir().unwrap();
     let replica = |name: &str| {
-        app().provisioning().postgres(&database.url).env("NIM_REPLICA_NAME", name).spawn()
+        app()
+            .provisioning()
+            .postgres(&database.url)
+            .env("NIM_REPLICA_NAME", name)
+            // Replicas on one host share the local machines' directory.
+            .env("NIM_LOCAL_MACHINES_DIR", machines.path().to_string_lossy())
+            .spawn()
     };
     let a = replica("replica-a").await;
     let b = replica("replica-b").await;
@@ -398,15 +405,10 @@ async fn a_command_cancelled_through_another_replica_stops_on_the_replica_runnin
     wait_for_status(&a, &token, &id, "ready").await;
 
     // Replica A runs the command (it took the request); the cancel goes to replica B.
-    let markers = a.dir.path().join("markers");
-    std::fs::create_dir_all(&markers).unwrap();
-    let body = json!({
-        "shell": "echo $$ > \"$MARKERS/$NIM_MACHINE.pid\"; sleep 60",
-        "env": {"MARKERS": markers.to_string_lossy()},
-    });
+    let body = json!({"shell": "mkdir -p /tmp/markers; echo $$ > /tmp/markers/$NIM_MACHINE.pid; sleep 60"});
     let (accepted, _) = start(&a, &token, &id, body).await;
     let command_id = accepted["id"].as_str().unwrap().to_owned();
-    let pid = read_pid(&markers.join("local-0.pid")).await;
+    let pid = host_pid(&id, "local-0", read_pid(&marker(&a, &id, "local-0", "local-0.pid")).await);
     assert!(alive(pid));
 
     let started = Instant::now();

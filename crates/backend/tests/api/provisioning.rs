@@ -55,7 +55,7 @@ pub async fn wait_for_status(app: &TestApp, token: &str, id: &str, status: &str)
 /// Agents of this test's deployments still running: `nim-agent` processes in the cgroup of a
 /// machine under the test's machines directory.
 pub fn agents(app: &TestApp) -> Vec<u32> {
-    let deployments: Vec<String> = std::fs::read_dir(app.dir.path().join("machines"))
+    let deployments: Vec<String> = std::fs::read_dir(&app.machines_dir)
         .into_iter()
         .flatten()
         .flatten()
@@ -151,7 +151,7 @@ async fn three_local_machines_become_ready_and_destroy_removes_them() {
         assert!(!agent_answers(address).await, "{address} still answers");
     }
     // Every trace is gone: disks, namespaces, the bridge.
-    assert!(!app.dir.path().join("machines").join(&id).exists());
+    assert!(!app.machines_dir.join(&id).exists());
     let namespaces = std::process::Command::new("ip").args(["netns", "list"]).output().unwrap();
     assert!(!String::from_utf8_lossy(&namespaces.stdout).contains(&id));
     let links = std::process::Command::new("ip").args(["-d", "link", "show"]).output().unwrap();
@@ -246,7 +246,7 @@ async fn a_dry_run_plans_and_creates_nothing() {
         )
         .await;
     let plan = json_ok(response).await;
-    assert_eq!(plan["add"], 2);
+    assert_eq!(plan["add"], 3, "two machines and their network");
     assert_eq!(plan["change"], 0);
     assert_eq!(plan["destroy"], 0);
     let addresses: Vec<_> = plan["resources"]
@@ -257,7 +257,11 @@ async fn a_dry_run_plans_and_creates_nothing() {
         .collect();
     assert_eq!(
         addresses,
-        [("terraform_data.machine[0]", "create"), ("terraform_data.machine[1]", "create")]
+        [
+            ("terraform_data.machine[0]", "create"),
+            ("terraform_data.machine[1]", "create"),
+            ("terraform_data.network", "create")
+        ]
     );
 
     let list = json_ok(app.get("/infrastructure", Some(&token)).await).await;
@@ -555,7 +559,7 @@ async fn sigterm_during_a_run_interrupts_it_cleanly_and_the_next_start_resumes_i
     let created = provision(&first, &token, json!({"name": "graceful", "provider": "local", "variables": {"machine_count": 1, "boot_delay_seconds": 60}})).await;
     let id = created["deployment"]["id"].as_str().unwrap().to_owned();
     wait_for(&first, &token, &id, "the apply to start", |d| {
-        d["latest_run"]["status"] == "running" && d["latest_run"]["progress"]["total"] == 1
+        d["latest_run"]["status"] == "running" && d["latest_run"]["progress"]["total"] == 2
     })
     .await;
     let started = Instant::now();
