@@ -1,7 +1,8 @@
 //! Provision overhead, printed as a table (not a timed test; compare ratios within one run).
 //!
-//! 1. `POST /provision` → `ready` for `terraform/local` with 3 machines, against running the same
-//!    `terraform init && terraform apply` by hand in a shell (which does not wait for agents).
+//! 1. `POST /provision` → `ready` for `terraform/local` with 3 sandboxed machines, against running
+//!    the same `terraform init && terraform apply` by hand in a shell (which does not wait for
+//!    agents).
 //! 2. 20 deployments provisioned at once, with the default run concurrency and with 20.
 //!
 //! Run: `cargo bench -p backend --bench provision`.
@@ -46,20 +47,44 @@ fn median(mut samples: Vec<Duration>) -> Duration {
     samples[samples.len() / 2]
 }
 
-/// `terraform init && terraform apply` of terraform/local, by hand, in a shell.
-fn by_hand(round: usize) -> Duration {
+/// `terraform init && terraform apply` of terraform/local, by hand, in a shell: the same
+/// sandboxes (a bridge claimed here as the backend would, the agent downloaded from `download`),
+/// without the backend's readiness check.
+fn by_hand(round: usize, download: &str) -> Duration {
     let dir = tempfile::tempdir().unwrap();
-    let module = dir.path().join("local");
-    std::fs::create_dir_all(&module).unwrap();
-    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../terraform/local");
-    for entry in std::fs::read_dir(source).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), module.join(entry.file_name())).unwrap();
+    let modules = dir.path().join("modules");
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../terraform");
+    for module in ["local", "shared/bootstrap"] {
+        let target = modules.join(module);
+        std::fs::create_dir_all(&target).unwrap();
+        for entry in std::fs::read_dir(repo.join(module)).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), target.join(entry.file_name())).unwrap();
+        }
     }
+    let module = modules.join("local");
+    let id = uuid::Uuid::now_v7().to_string();
+    // A subnet of the default range no deployment of the bench's backend will take.
+    let index = 1000 + round;
+    let bridge = format!("nimbr{index}");
+    let ip = |args: &[&str]| assert!(Command::new("ip").args(args).status().unwrap().success());
+    ip(&["link", "add", "name", &bridge, "type", "bridge"]);
+    ip(&["link", "set", "dev", &bridge, "alias", &format!("nim-local {id}")]);
+    let machines = dir.path().join("machines");
+    std::fs::create_dir_all(machines.join(&id)).unwrap();
+    std::fs::write(machines.join(&id).join("network"), format!("bridge={bridge}\n")).unwrap();
+    let subnet = format!("10.213.{}.{}/26", (index * 64) / 256, (index * 64) % 256);
+    let binary = std::fs::read(agent_binary()).unwrap();
+    let sha256: String =
+        sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&binary))
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
     let cert = nim_backend::services::certs::mint_deployment_cert("bench").unwrap();
-    let ports: Vec<u16> = (0..3).map(|i| 20_000 + (round as u16) * 10 + i).collect();
-    let vars = json!({"deployment_id": "bench", "machine_count": 3, "agent_port": 0, "agent_ports": ports,
-        "agent_binary": agent_binary().display().to_string()});
+    let vars = json!({"deployment_id": id, "machine_count": 3, "agent_port": 7070,
+        "agent_download_url": format!("http://{download}/agent/download/linux-x86_64"),
+        "agent_sha256": sha256, "machine_network": subnet, "machine_uid_base": 1_100_000_000u32,
+        "machines_root": machines.display().to_string()});
     std::fs::write(module.join("terraform.tfvars.json"), vars.to_string()).unwrap();
     let envs = [
         ("TF_VAR_agent_token", "bench-token-0123456789abcdef".to_owned()),
@@ -120,7 +145,7 @@ async fn main() {
         ours.push(started.elapsed());
         app.delete_as(&token, &format!("/infrastructure/{id}")).await;
         wait_status(&app, &token, &id, "destroyed").await;
-        hand.push(by_hand(round));
+        hand.push(by_hand(round, app.machine_download.as_deref().expect("local machines")));
     }
     let (ours, hand) = (median(ours), median(hand));
     println!("provision overhead, terraform/local with 3 machines (median of {ROUNDS})");

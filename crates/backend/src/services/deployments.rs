@@ -449,6 +449,9 @@ impl Provisioning {
         let cert = mint_deployment_cert(&id.to_string()).map_err(anyhow::Error::from)?;
         let (sensitive, plain): (Map<String, Value>, Map<String, Value>) =
             request.variables.into_iter().partition(|(name, _)| module.variables[name].sensitive);
+        if is_sandboxed(module) {
+            local_machine_count(module, &plain)?;
+        }
         let backend_variables = self.backend_variables(module, id, false).await?;
         let deployment = DeploymentRow {
             id,

@@ -5,7 +5,7 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
-    sync::mpsc,
+    sync::{Arc, mpsc},
     time::Duration,
 };
 
@@ -29,6 +29,8 @@ pub struct TestApp {
     pub database: Option<PostgresDatabase>,
     /// Where its local machines live (`NIM_LOCAL_MACHINES_DIR`; replicas of a test share one).
     pub machines_dir: PathBuf,
+    /// `<address>:<port>` local machines download the agent from (when they are available).
+    pub machine_download: Option<String>,
     child: Child,
 }
 
@@ -164,19 +166,28 @@ impl AppBuilder {
             .map_or_else(|| dir.path().join("machines"), |(_, value)| PathBuf::from(value));
         command.env("NIM_LOCAL_MACHINES_DIR", &machines_dir);
         let mut child = command.spawn().expect("failed to start nim-backend");
-        let addr = wait_for_listening(&mut child);
+        let download = Arc::new(std::sync::OnceLock::new());
+        let addr = wait_for_listening(&mut child, download.clone());
         let client = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(30))
             .build()
             .expect("http client");
-        TestApp { addr, client, dir, database: self.database, machines_dir, child }
+        TestApp {
+            addr,
+            client,
+            dir,
+            database: self.database,
+            machines_dir,
+            machine_download: download.get().cloned(),
+            child,
+        }
     }
 }
 
 /// Reads the server's JSON log lines until it says where it listens; keeps draining stderr after
 /// that (a full pipe would block the server), echoing it when `TEST_LOG` is set.
-fn wait_for_listening(child: &mut Child) -> SocketAddr {
+fn wait_for_listening(child: &mut Child, download: Arc<std::sync::OnceLock<String>>) -> SocketAddr {
     let stderr = child.stderr.take().expect("piped stderr");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -187,6 +198,11 @@ fn wait_for_listening(child: &mut Child) -> SocketAddr {
                 eprintln!("[nim-backend] {line}");
             }
             let Ok(value) = serde_json::from_str::<Value>(&line) else { continue };
+            if value["message"].as_str().is_some_and(|m| m.starts_with("local machines ready")) {
+                if let Some(bound) = value["bound"].as_str() {
+                    let _ = download.set(bound.to_owned());
+                }
+            }
             if value["message"] == "listening" {
                 if let Some(addr) = value["addr"].as_str().and_then(|a| a.parse().ok()) {
                     if let Some(tx) = tx.take() {

@@ -364,7 +364,7 @@ async fn provision_validates_everything_before_anything_runs() {
         app.post_as(&token, "/provision", &json!({"name": "ok", "provider": "../x"})).await;
     let problem = assert_problem(response, 422, "validation_failed").await;
     let message = problem["errors"][0]["message"].as_str().unwrap();
-    assert!(message.contains("valid providers: failing, local"), "{message}");
+    assert!(message.contains("valid providers: envdump, failing, local"), "{message}");
 
     let unauthenticated =
         app.post_json("/provision", &json!({"name": "ok", "provider": "local"})).await;

@@ -285,3 +285,40 @@ fn host_uid(pid: u32) -> u32 {
     let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
+
+#[tokio::test]
+async fn terraform_gives_a_modules_local_exec_no_credential_and_no_database_password() {
+    let mut builder = app().provisioning();
+    for (key, value) in CANARIES {
+        builder = builder.env(key, value);
+    }
+    let app = builder.spawn().await;
+    let token = app.token("probe@example.com").await;
+    let created =
+        provision(&app, &token, json!({"name": "probe", "provider": "envdump", "variables": {}}))
+            .await;
+    let id = created["deployment"]["id"].as_str().unwrap().to_owned();
+    wait_for_status(&app, &token, &id, "ready").await;
+    let file = app.dir.path().join(format!("data/deployments/{id}/modules/envdump/local-exec.env"));
+    let env = std::fs::read_to_string(&file).unwrap();
+    for (name, value) in CANARIES {
+        assert!(!env.contains(value), "{name} reached a local-exec child: {env}");
+    }
+    for needle in ["PG_CONN_STR", "postgres://", "DATABASE_URL", JWT_SECRET, "NIM_ENCRYPTION_KEY"] {
+        assert!(!env.contains(needle), "{needle} reached a local-exec child: {env}");
+    }
+    // What it does get: Terraform's own settings and the allow-listed basics.
+    assert!(env.contains("TF_IN_AUTOMATION=1") && env.contains("PATH="), "{env}");
+    if app.database.is_some() {
+        // On Postgres the state really is in the pg backend, set up through `init` alone.
+        let state =
+            std::fs::read_to_string(app.dir.path().join(format!(
+                "data/deployments/{id}/modules/envdump/.terraform/terraform.tfstate"
+            )))
+            .unwrap();
+        assert!(state.contains("\"type\": \"pg\""), "{state}");
+        let config =
+            app.dir.path().join(format!("data/deployments/{id}/modules/envdump/nim_pg.tfbackend"));
+        assert!(!config.exists(), "the backend config file outlived init");
+    }
+}
