@@ -102,6 +102,7 @@ async fn a_local_machine_reaches_nothing_of_the_host_or_of_other_users() {
     let api_port = app.addr.port().to_string();
     let backend_pid = app.pid().to_string();
     let workspace = data_dir.join("deployments");
+    let download = app.machine_download.clone().expect("the machine-facing listener");
 
     let mut checks = vec![
         ("data_dir_absolute", format!("cat {}/nim.db", data_dir.display())),
@@ -121,6 +122,7 @@ async fn a_local_machine_reaches_nothing_of_the_host_or_of_other_users() {
         ("api_on_download_address", format!("exec 3<>/dev/tcp/10.213.0.1/{api_port}")),
         ("other_users_machine", format!("exec 3<>/dev/tcp/{their_machine}/7070")),
         ("own_peer", format!("exec 3<>/dev/tcp/{my_peer}/7070")),
+        ("agent_download", format!("exec 3<>/dev/tcp/{}", download.replace(':', "/"))),
     ];
     for address in host_addresses() {
         checks.push(("postgres_on_host_address", format!("exec 3<>/dev/tcp/{address}/5432")));
@@ -138,7 +140,10 @@ async fn a_local_machine_reaches_nothing_of_the_host_or_of_other_users() {
     assert_eq!(result["status"], "succeeded", "{result:#}");
     let seen = outcomes(result["stdout"].as_str().unwrap());
     for (name, _) in &checks {
-        let expected = if *name == "own_peer" { "reached" } else { "blocked" };
+        let expected = match *name {
+            "own_peer" | "agent_download" => "reached",
+            _ => "blocked",
+        };
         assert_eq!(seen.get(*name).map(String::as_str), Some(expected), "{name}: {result:#}");
     }
 
