@@ -20,6 +20,15 @@ const CANARIES: [(&str, &str); 4] = [
     ("NIM_TEST_CANARY", "canary-nim-31b8"),
 ];
 
+/// A provisioning server with the canary credentials in its environment.
+async fn with_canaries() -> TestApp {
+    let mut builder = app().provisioning();
+    for (key, value) in CANARIES {
+        builder = builder.env(key, value);
+    }
+    builder.spawn().await
+}
+
 async fn ready_local(app: &TestApp, token: &str, name: &str, variables: Value) -> Value {
     let created =
         provision(app, token, json!({"name": name, "provider": "local", "variables": variables}))
@@ -78,11 +87,7 @@ fn gateway_of(address: &str) -> String {
 
 #[tokio::test]
 async fn a_local_machine_reaches_nothing_of_the_host_or_of_other_users() {
-    let mut builder = app().provisioning();
-    for (key, value) in CANARIES {
-        builder = builder.env(key, value);
-    }
-    let app = builder.spawn().await;
+    let app = with_canaries().await;
     let alice = app.token("alice@example.com").await;
     let mallory = app.token("mallory@example.com").await;
     let theirs = ready_local(&app, &alice, "theirs", json!({"machine_count": 1})).await;
@@ -293,11 +298,7 @@ fn host_uid(pid: u32) -> u32 {
 
 #[tokio::test]
 async fn terraform_gives_a_modules_local_exec_no_credential_and_no_database_password() {
-    let mut builder = app().provisioning();
-    for (key, value) in CANARIES {
-        builder = builder.env(key, value);
-    }
-    let app = builder.spawn().await;
+    let app = with_canaries().await;
     let token = app.token("probe@example.com").await;
     let created =
         provision(&app, &token, json!({"name": "probe", "provider": "envdump", "variables": {}}))
