@@ -94,11 +94,8 @@ async fn a_local_machine_reaches_nothing_of_the_host_or_of_other_users() {
     let mine = ready_local(&app, &mallory, "mine", json!({"machine_count": 2})).await;
 
     let data_dir = app.dir.path().join("data");
-    assert!(
-        data_dir.join("jwt-secret").exists()
-            || data_dir.join("encryption-key").exists()
-            || data_dir.join("nim.db").exists()
-    );
+    // What the probes look for is there on the host.
+    assert!(data_dir.join("deployments").is_dir(), "{}", data_dir.display());
     let their_machine = theirs["machines"][0]["public_ip"].as_str().unwrap().to_owned();
     let their_disk = app.machines_dir.join(theirs["id"].as_str().unwrap()).join("local-0/disk");
     assert!(their_disk.join("etc/passwd").exists(), "the other machine's disk is on the host");
@@ -110,12 +107,12 @@ async fn a_local_machine_reaches_nothing_of_the_host_or_of_other_users() {
     let download = app.machine_download.clone().expect("the machine-facing listener");
 
     let mut checks = vec![
-        ("data_dir_absolute", format!("cat {}/nim.db", data_dir.display())),
+        ("data_dir_absolute", format!("ls {}/deployments", data_dir.display())),
         (
             "data_dir_relative",
-            format!("cd / && cat ../../../../../../..{}/nim.db", data_dir.display()),
+            format!("cd / && ls ../../../../../../..{}/deployments", data_dir.display()),
         ),
-        ("data_dir_through_proc", format!("cat /proc/1/root{}/nim.db", data_dir.display())),
+        ("data_dir_through_proc", format!("ls /proc/1/root{}/deployments", data_dir.display())),
         ("workspace", format!("ls {}", workspace.display())),
         ("other_machine_disk", format!("ls {}", their_disk.display())),
         ("host_process_visible", format!("test -e /proc/{backend_pid}")),
