@@ -1,7 +1,7 @@
 #!/bin/sh
 # A deployment's network on this host: ACTION=up gives its bridge the subnet's first address
-# (the machines' gateway, the host's end of the link); ACTION=down deletes the bridge and the
-# deployment's directory. The bridge itself is claimed by the backend when the deployment is
+# (the machines' gateway, the host's end of the link); ACTION=down stops every machine of the
+# deployment still there, then deletes the bridge and the deployment's directory. The bridge itself is claimed by the backend when the deployment is
 # created (its name is recorded in $DEPLOYMENT_DIR/network), so two deployments can never get
 # the same subnet; `up` claims it again if it went away (a reboot).
 set -eu
@@ -38,6 +38,16 @@ case "$ACTION" in
     echo "network $SUBNET up on $bridge (gateway $gateway)"
     ;;
   down)
+    # Every machine of the deployment goes first, also those Terraform never recorded (a run
+    # killed while a machine was starting): by their directories, then by their namespaces.
+    here="$(cd "$(dirname "$0")" && pwd)"
+    for env_file in "$DEPLOYMENT_DIR"/*/sandbox.env; do
+      [ -f "$env_file" ] || continue
+      MACHINE_DIR=$(dirname "$env_file") DEPLOYMENT_ID="" MACHINE_NAME="" "$here/stop-machine.sh"
+    done
+    for name in $(ip netns list | sed -n "s/^nim-$DEPLOYMENT_ID-\([a-z0-9-]*\).*/\1/p"); do
+      MACHINE_DIR="$DEPLOYMENT_DIR/$name" MACHINE_NAME="$name" "$here/stop-machine.sh"
+    done
     if [ -n "$bridge" ] && owned "$bridge"; then
       ip link del dev "$bridge"
       echo "deleted bridge $bridge"

@@ -515,6 +515,10 @@ async fn cancelling_a_running_apply_fails_the_deployment_and_destroy_still_works
     );
     wait_for_status(&app, &token, id, "destroyed").await;
     assert!(agents(&app).is_empty());
+    // Machines the cancelled apply had begun to start are gone too, though Terraform never
+    // recorded them.
+    let namespaces = std::process::Command::new("ip").args(["netns", "list"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&namespaces.stdout).contains(id), "a namespace is left");
 }
 
 #[tokio::test]
