@@ -450,6 +450,12 @@ impl Provisioning {
         let (sensitive, plain): (Map<String, Value>, Map<String, Value>) =
             request.variables.into_iter().partition(|(name, _)| module.variables[name].sensitive);
         if is_sandboxed(module) {
+            if let Some(reason) = self.local.unavailable() {
+                return Err(DeploymentError::LocalUnavailable(format!(
+                    "provider \"{}\" cannot be used on this server: {reason}",
+                    module.name
+                )));
+            }
             local_machine_count(module, &plain)?;
         }
         let backend_variables = self.backend_variables(module, id, false).await?;

@@ -325,3 +325,31 @@ async fn terraform_gives_a_modules_local_exec_no_credential_and_no_database_pass
         assert!(!config.exists(), "the backend config file outlived init");
     }
 }
+
+#[tokio::test]
+async fn without_what_sandboxes_need_local_is_503_and_says_how_to_fix_it() {
+    // No bubblewrap (nor anything else) on PATH; Terraform itself is found by its full path.
+    let terraform = std::env::split_paths(&std::env::var_os("PATH").unwrap())
+        .map(|dir| dir.join("terraform"))
+        .find(|path| path.is_file())
+        .expect("terraform on PATH");
+    let app = app()
+        .provisioning()
+        .env("PATH", "/nonexistent")
+        .env("NIM_TERRAFORM_BIN", terraform.to_string_lossy())
+        .spawn()
+        .await;
+    assert!(app.machine_download.is_none(), "no machine-facing listener without sandboxes");
+    let token = app.token("laptop@example.com").await;
+    let body = json!({"name": "nope", "provider": "local", "variables": {}});
+    for path in ["/provision", "/provision?dry_run=true"] {
+        let refused = app.post_as(&token, path, &body).await;
+        let problem =
+            crate::helpers::assert_problem(refused, 503, "local_sandbox_unavailable").await;
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(detail.contains("bwrap (Debian package bubblewrap)"), "{detail}");
+    }
+    // Nothing was created, and the rest of the server works.
+    let list = crate::helpers::json_ok(app.get("/infrastructure", Some(&token)).await).await;
+    assert_eq!(list["items"], json!([]));
+}
