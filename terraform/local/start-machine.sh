@@ -137,11 +137,17 @@ service='exec 3</etc/nim/agent.json && rm -f /etc/nim/agent.json && exec /usr/lo
 setsid "$here/sandbox.sh" -- /bin/sh -c "$service" >"$MACHINE_DIR/agent.log" 2>&1 </dev/null &
 echo "$!" >"$MACHINE_DIR/agent.pid"
 
-# Fail the apply with the agent's own words if it dies at once (bad config).
-sleep 0.3
-if ! kill -0 "$(cat "$MACHINE_DIR/agent.pid")" 2>/dev/null; then
-  echo "nim-agent exited at start on $MACHINE_NAME:" >&2
-  tail -n 20 "$MACHINE_DIR/agent.log" >&2
-  exit 1
-fi
+# The machine is up once its agent says where it listens (its first line on stdout); fail the
+# apply with the agent's own words if it dies first or says nothing for 30 s.
+pid=$(cat "$MACHINE_DIR/agent.pid")
+i=0
+until grep -q '"listening"' "$MACHINE_DIR/agent.log" 2>/dev/null; do
+  if ! kill -0 "$pid" 2>/dev/null || [ "$i" -ge 600 ]; then
+    echo "nim-agent did not start on $MACHINE_NAME:" >&2
+    tail -n 20 "$MACHINE_DIR/agent.log" >&2
+    exit 1
+  fi
+  sleep 0.05
+  i=$((i + 1))
+done
 echo "started machine $MACHINE_NAME at $ADDRESS (uid $MACHINE_UID on the host)"
