@@ -533,6 +533,30 @@ async fn network_faults_on_one_machine_leave_the_others_working_and_health_recov
     assert_eq!(recovered["degraded"], false);
     let all = run_command(&app, &token, &id, json!({"argv": ["true"]})).await;
     assert_eq!(all["status"], "succeeded");
+
+    // Latency on local-2's link (tc netem), where the kernel has it: the command still succeeds,
+    // later by at least the delay.
+    let link = veth(&app, &id, "local-2");
+    let netem = ["qdisc", "add", "dev", link.as_str(), "root", "netem", "delay", "300ms"];
+    if Command::new("tc").args(netem).status().is_ok_and(|s| s.success()) {
+        let started = Instant::now();
+        let slow = run_command(
+            &app,
+            &token,
+            &id,
+            json!({"argv": ["true"], "machines": ["local-2"], "timeout_s": 10}),
+        )
+        .await;
+        let took = started.elapsed();
+        assert_eq!(slow["status"], "succeeded", "{slow:#}");
+        assert!(took >= Duration::from_millis(300), "took {took:?}");
+        println!("300 ms of latency: the command on local-2 answered in {took:?}");
+        let _ = Command::new("tc").args(["qdisc", "del", "dev", link.as_str(), "root"]).status();
+    } else {
+        eprintln!(
+            "*** SKIPPED the latency case: this kernel has no tc netem (sch_netem); partition and loss were tested ***"
+        );
+    }
 }
 
 /// Drops `percent` of the packets a machine receives (nftables in its own namespace, which the
