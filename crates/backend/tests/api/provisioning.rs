@@ -522,6 +522,61 @@ async fn cancelling_a_running_apply_fails_the_deployment_and_destroy_still_works
 }
 
 #[tokio::test]
+async fn a_backend_killed_mid_destroy_finishes_it_after_restart_and_leaves_nothing() {
+    let mut first = app().provisioning().spawn().await;
+    let token = first.token("halfway@example.com").await;
+    let created = provision(
+        &first,
+        &token,
+        json!({"name": "halfway", "provider": "local", "variables": {"machine_count": 2}}),
+    )
+    .await;
+    let id = created["deployment"]["id"].as_str().unwrap().to_owned();
+    wait_for_status(&first, &token, &id, "ready").await;
+    // A command that ignores SIGTERM keeps each machine's stop waiting (3 s, then SIGKILL): a
+    // window in which the destroy is surely under way.
+    let stubborn = json!({"shell": "trap '' TERM; sleep 120", "timeout_s": 300});
+    let response =
+        first.post_as(&token, &format!("/infrastructure/{id}/command?wait=false"), &stubborn).await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    assert_eq!(
+        first.delete_as(&token, &format!("/infrastructure/{id}")).await.status(),
+        StatusCode::ACCEPTED
+    );
+    wait_for(&first, &token, &id, "the destroy's apply to start", |d| {
+        d["latest_run"]["kind"] == "destroy"
+            && d["latest_run"]["status"] == "running"
+            && d["latest_run"]["progress"]["total"] == 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    first.kill9();
+
+    let second = app().provisioning().dir(first.into_dir()).spawn().await;
+    let destroyed = wait_for_status(&second, &token, &id, "destroyed").await;
+    assert_eq!(destroyed["machines"], json!([]));
+    // The destroy was cut short and run again to its end.
+    let runs = json_ok(second.get(&format!("/infrastructure/{id}/runs"), Some(&token)).await).await;
+    let runs: Vec<_> = runs["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["kind"].clone(), r["status"].clone()))
+        .collect();
+    assert_eq!(
+        runs[..2],
+        [(json!("destroy"), json!("succeeded")), (json!("destroy"), json!("interrupted"))],
+        "{runs:?}"
+    );
+    assert!(agents(&second).is_empty(), "agents left: {:?}", agents(&second));
+    assert!(!second.machines_dir.join(&id).exists(), "the machines' disks are left");
+    let namespaces = std::process::Command::new("ip").args(["netns", "list"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&namespaces.stdout).contains(&id), "a namespace is left");
+    let links = std::process::Command::new("ip").args(["-d", "link", "show"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&links.stdout).contains(&id), "a link is left");
+}
+
+#[tokio::test]
 async fn a_backend_killed_mid_apply_resumes_the_run_once_after_restart() {
     let mut first = app().provisioning().spawn().await;
     let token = first.token("crash@example.com").await;
