@@ -42,6 +42,18 @@ sandbox_names() {
   CGROUP_NAME="$1-$2"
 }
 
+# deployment_bridge DEPLOYMENT_DIR: the bridge the backend claimed for the deployment (empty if
+# none is recorded).
+deployment_bridge() {
+  sed -n 's/^bridge=\(nimbr[0-9]*\)$/\1/p' "$1/network" 2>/dev/null || true
+}
+
+# gateway_of SUBNET: the subnet's first address, the host's end of the deployment's link.
+gateway_of() {
+  base=${1%/*}
+  echo "${base%.*}.$((${base##*.} + 1))"
+}
+
 # The cgroup directories of a machine (memory and pids, cgroup v1 or v2), one per line.
 cgroup_dirs() {
   if [ -f /sys/fs/cgroup/cgroup.controllers ]; then

@@ -11,10 +11,7 @@ umask 077
 check_uuid "$DEPLOYMENT_ID"
 check_ipv4 "$SUBNET"
 alias_text="nim-local $DEPLOYMENT_ID"
-bridge=""
-if [ -f "$DEPLOYMENT_DIR/network" ]; then
-  bridge=$(sed -n 's/^bridge=\(nimbr[0-9]*\)$/\1/p' "$DEPLOYMENT_DIR/network")
-fi
+bridge=$(deployment_bridge "$DEPLOYMENT_DIR")
 
 owned() {
   [ "$(cat "/sys/class/net/$1/ifalias" 2>/dev/null)" = "$alias_text" ]
@@ -30,10 +27,8 @@ case "$ACTION" in
     owned "$bridge" || die "bridge $bridge belongs to another deployment"
     # Only IPv4 on the link: no link-local IPv6 chatter between sandboxes.
     sysctl -qw "net.ipv6.conf.$bridge.disable_ipv6=1" 2>/dev/null || true
-    base=${SUBNET%/*}
-    prefix=${SUBNET#*/}
-    gateway="${base%.*}.$((${base##*.} + 1))"
-    ip addr replace "$gateway/$prefix" dev "$bridge"
+    gateway=$(gateway_of "$SUBNET")
+    ip addr replace "$gateway/${SUBNET#*/}" dev "$bridge"
     ip link set dev "$bridge" up
     echo "network $SUBNET up on $bridge (gateway $gateway)"
     ;;

@@ -6,7 +6,7 @@
 # an interrupted apply left of this machine is reaped first; its disk is kept (a reboot).
 #
 # On the host, $MACHINE_DIR (root, 0711) holds sandbox.env, the logs and the user data (all
-# root-only), and disk/ (root, 0711) the machine's own writable trees (owned by its uid): its
+# root-only), and disk/ (root, group the machine's, 0710) the machine's own writable trees (owned by its uid): its
 # /etc, /root, /home, /tmp, /var, /opt, /srv and /usr/local. Nothing else of the host is writable inside, and the
 # host never writes into the machine's own trees after creating them (a user may have replaced
 # anything in them with a symbolic link).
@@ -27,10 +27,9 @@ download_addr=${DOWNLOAD_HOST%:*}
 download_port=${DOWNLOAD_HOST##*:}
 check_ipv4 "$download_addr"
 check_number "$download_port" "the download port"
-base=${SUBNET%/*}
-gateway="${base%.*}.$((${base##*.} + 1))"
+gateway=$(gateway_of "$SUBNET")
 export MACHINE_UID MACHINE_NAME NETNS CGROUP_NAME MAX_PROCESSES MAX_OPEN_FILES
-bridge=$(sed -n 's/^bridge=\(nimbr[0-9]*\)$/\1/p' "$(dirname "$MACHINE_DIR")/network")
+bridge=$(deployment_bridge "$(dirname "$MACHINE_DIR")")
 [ -n "$bridge" ] || die "the deployment's network is not set up"
 
 mkdir -p "$MACHINE_DIR"
@@ -43,7 +42,9 @@ printf 'DEPLOYMENT_ID=%s\nMACHINE_NAME=%s\nNETNS=%s\nVETH=%s\nADDRESS=%s\n' \
 disk="$MACHINE_DIR/disk"
 export DISK="$disk"
 if [ ! -d "$disk" ]; then
-  mkdir -m 0711 "$disk"
+  # Only the machine's own uid/gid may enter its disk; no other account of the host may.
+  mkdir -m 0710 "$disk"
+  chown "0:$MACHINE_UID" "$disk"
   for dir in etc root home tmp var opt srv usr-local; do
     mkdir -m 0755 "$disk/$dir"
     chown "$MACHINE_UID:$MACHINE_UID" "$disk/$dir"

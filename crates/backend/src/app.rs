@@ -268,11 +268,6 @@ async fn build_provisioning(
         }
     };
     let agent_binary = config.agent_binary();
-    if catalog.modules().any(|m| m.variables.contains_key("agent_binary"))
-        && !agent_binary.is_file()
-    {
-        tracing::warn!(path = %agent_binary.display(), "the nim-agent binary is missing: `cargo build` it, or set NIM_AGENT_BINARY; local machines will not start");
-    }
     let agent_distribution = AgentDistribution::new(&agent_binary, config.public_url.clone());
     match &agent_distribution.binary {
         Some(binary) => {
@@ -326,7 +321,6 @@ async fn build_provisioning(
         secret_box: SecretBox::new(&key)?,
         data_dir: std::fs::canonicalize(&config.data_dir)
             .with_context(|| format!("failed to resolve {}", config.data_dir.display()))?,
-        agent_binary: std::fs::canonicalize(&agent_binary).unwrap_or(agent_binary),
         agent_distribution: Arc::new(agent_distribution),
         cancel_grace: std::time::Duration::from_secs(config.run_cancel_grace_secs),
         work_queued: Arc::new(tokio::sync::Notify::new()),

@@ -81,8 +81,8 @@ pub struct Config {
     #[arg(long, env = "NIM_TERRAFORM_BIN")]
     pub terraform_bin: Option<PathBuf>,
 
-    /// The nim-agent binary: `terraform/local` runs it as its machines, and cloud machines
-    /// download it from `GET /agent/download/<target>`. Default: `nim-agent` beside this
+    /// The nim-agent binary machines install: local machines and cloud machines download it
+    /// from `GET /agent/download/<target>`. Default: `nim-agent` beside this
     /// executable. Hashed at start: restart the server after replacing it.
     #[arg(long, env = "NIM_AGENT_BINARY")]
     pub agent_binary: Option<PathBuf>,

@@ -91,7 +91,6 @@ pub struct Provisioning {
     pub terraform: Result<Terraform, String>,
     pub secret_box: SecretBox,
     pub data_dir: PathBuf,
-    pub agent_binary: PathBuf,
     /// The agent binary cloud machines download, and from where.
     pub agent_distribution: Arc<AgentDistribution>,
     pub cancel_grace: std::time::Duration,
@@ -202,7 +201,6 @@ impl Provisioning {
             plain.insert(name.clone(), value.clone());
         }
         plain.insert("deployment_id".into(), json!(deployment.id.to_string()));
-        plain.insert("agent_binary".into(), json!(self.agent_binary.display().to_string()));
         // New machines get the agent this backend serves now; without one (NIM_PUBLIC_URL unset
         // since), the values stored at provision time keep destroy and re-plan working. Modules
         // ignore later changes of the bootstrap, so running machines are never replaced for it.

@@ -19,6 +19,8 @@ use anyhow::{Context, bail};
 use ipnet::Ipv4Net;
 use sha2::{Digest, Sha256};
 use tokio::process::Command;
+
+use super::terraform::find_on_path;
 use uuid::Uuid;
 
 /// Prefix of every deployment's subnet: 64 addresses, .1 the host, up to 61 machines.
@@ -312,12 +314,6 @@ async fn ip(args: &[&str]) -> anyhow::Result<()> {
         bail!("`ip {}` failed: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim());
     }
     Ok(())
-}
-
-fn find_on_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths).map(|dir| dir.join(name)).find(|p| p.is_file())
-    })
 }
 
 #[cfg(test)]

@@ -9,7 +9,6 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Context;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use tokio::{
@@ -29,6 +28,7 @@ use super::{
         Exit, StopSignals, Terraform, Workspace,
         runner::reap_orphan,
         ui::{Progress, UiMessage},
+        write_private,
     },
 };
 use crate::{
@@ -415,7 +415,7 @@ impl RunWorker {
         if let Some(config) = self.ctx.state_backend_config() {
             // State in Postgres: any replica can run this deployment's next run.
             std::fs::write(&override_file, "terraform {\n  backend \"pg\" {}\n}\n")?;
-            write_private(&backend_config, config.expose_secret())?;
+            write_private(&backend_config, config.expose_secret().as_bytes())?;
             init.push(format!("-backend-config={PG_BACKEND_CONFIG}"));
         } else {
             let _ = std::fs::remove_file(&override_file);
@@ -703,19 +703,6 @@ impl Steps<'_> {
         }
         self.run(args).await
     }
-}
-
-/// Writes a file only its owner can read (created so, never widened for a moment).
-fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
-    use std::{io::Write, os::unix::fs::OpenOptionsExt};
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("failed to create {}", path.display()))?;
-    file.write_all(text.as_bytes()).with_context(|| format!("failed to write {}", path.display()))
 }
 
 /// Records a step of our own in the run log.

@@ -238,21 +238,13 @@ impl Drop for TestApp {
 }
 
 /// Stops every local machine under a machines directory and deletes the deployments' networks,
-/// with the module's own scripts (what a destroy would run).
+/// with the module's own script (what a destroy of the network runs: it stops every machine of
+/// the deployment first).
 pub fn reap_local_machines(machines_dir: &Path) {
     let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../terraform/local");
     let Ok(deployments) = std::fs::read_dir(machines_dir) else { return };
     for deployment in deployments.flatten() {
         let Ok(id) = deployment.file_name().into_string() else { continue };
-        for machine in std::fs::read_dir(deployment.path()).into_iter().flatten().flatten() {
-            if machine.path().join("sandbox.env").exists() {
-                let _ = Command::new("sh")
-                    .arg(scripts.join("stop-machine.sh"))
-                    .env("MACHINE_DIR", machine.path())
-                    .stdout(Stdio::null())
-                    .status();
-            }
-        }
         let _ = Command::new("sh")
             .arg(scripts.join("network.sh"))
             .env("ACTION", "down")

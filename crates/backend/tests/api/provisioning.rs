@@ -83,6 +83,16 @@ fn local_agents() -> Vec<(u32, String)> {
     found
 }
 
+/// Nothing of a deployment's local machines is left on the host: no disk, no network namespace,
+/// no link (veth or bridge, whose alias names the deployment).
+pub fn assert_no_trace(app: &TestApp, id: &str) {
+    assert!(!app.machines_dir.join(id).exists(), "the machines' disks are left");
+    let namespaces = std::process::Command::new("ip").args(["netns", "list"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&namespaces.stdout).contains(id), "a namespace is left");
+    let links = std::process::Command::new("ip").args(["-d", "link", "show"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&links.stdout).contains(id), "a link is left");
+}
+
 /// Whether something speaking TLS + HTTP answers as an agent at a machine's address (the
 /// backend pins the deployment's certificate; this only asks whether an agent is there).
 pub async fn agent_answers(address: &str) -> bool {
@@ -151,14 +161,7 @@ async fn three_local_machines_become_ready_and_destroy_removes_them() {
         assert!(!agent_answers(address).await, "{address} still answers");
     }
     // Every trace is gone: disks, namespaces, the bridge.
-    assert!(!app.machines_dir.join(&id).exists());
-    let namespaces = std::process::Command::new("ip").args(["netns", "list"]).output().unwrap();
-    assert!(!String::from_utf8_lossy(&namespaces.stdout).contains(&id));
-    let links = std::process::Command::new("ip").args(["-d", "link", "show"]).output().unwrap();
-    assert!(
-        !String::from_utf8_lossy(&links.stdout).contains(&id),
-        "a link of the deployment is left"
-    );
+    assert_no_trace(&app, &id);
     // Destroyed is final.
     let again = app.delete_as(&token, &format!("/infrastructure/{id}")).await;
     assert_problem(again, 409, "conflict").await;
@@ -517,8 +520,7 @@ async fn cancelling_a_running_apply_fails_the_deployment_and_destroy_still_works
     assert!(agents(&app).is_empty());
     // Machines the cancelled apply had begun to start are gone too, though Terraform never
     // recorded them.
-    let namespaces = std::process::Command::new("ip").args(["netns", "list"]).output().unwrap();
-    assert!(!String::from_utf8_lossy(&namespaces.stdout).contains(id), "a namespace is left");
+    assert_no_trace(&app, id);
 }
 
 #[tokio::test]
@@ -569,11 +571,7 @@ async fn a_backend_killed_mid_destroy_finishes_it_after_restart_and_leaves_nothi
         "{runs:?}"
     );
     assert!(agents(&second).is_empty(), "agents left: {:?}", agents(&second));
-    assert!(!second.machines_dir.join(&id).exists(), "the machines' disks are left");
-    let namespaces = std::process::Command::new("ip").args(["netns", "list"]).output().unwrap();
-    assert!(!String::from_utf8_lossy(&namespaces.stdout).contains(&id), "a namespace is left");
-    let links = std::process::Command::new("ip").args(["-d", "link", "show"]).output().unwrap();
-    assert!(!String::from_utf8_lossy(&links.stdout).contains(&id), "a link is left");
+    assert_no_trace(&second, &id);
 }
 
 #[tokio::test]

@@ -99,6 +99,14 @@ async fn a_local_machine_reaches_nothing_of_the_host_or_of_other_users() {
     let their_machine = theirs["machines"][0]["public_ip"].as_str().unwrap().to_owned();
     let their_disk = app.machines_dir.join(theirs["id"].as_str().unwrap()).join("local-0/disk");
     assert!(their_disk.join("etc/passwd").exists(), "the other machine's disk is on the host");
+    // Nor can any other account of the host enter a machine's disk.
+    let outsider = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "ls"])
+        .arg(their_disk.join("etc"))
+        .output()
+        .unwrap();
+    assert!(!outsider.status.success(), "uid 65534 lists a machine's /etc");
+    assert!(String::from_utf8_lossy(&outsider.stderr).contains("Permission denied"));
     let my_peer = mine["machines"][1]["public_ip"].as_str().unwrap().to_owned();
     let gateway = gateway_of(&my_peer);
     let api_port = app.addr.port().to_string();

@@ -8,6 +8,8 @@ pub mod ui;
 pub mod workspace;
 
 pub use module::{Module, ModuleCatalog, Variable};
+pub(crate) use runner::find_on_path;
 pub use runner::{Exit, StopSignals, Terraform};
 pub use types::TypeConstraint;
 pub use workspace::Workspace;
+pub(crate) use workspace::write_private;

@@ -27,15 +27,14 @@ pub const CONTRACT_VARIABLES: [&str; 6] = [
 /// Contract variables that carry secrets and must be declared `sensitive = true`.
 pub const SENSITIVE_VARIABLES: [&str; 3] = ["agent_token", "agent_tls_cert", "agent_tls_key"];
 /// Variables the backend fills when a module declares them (beyond the contract): how machines
-/// get the agent (`agent_download_url` + `agent_sha256`, or a custom module's `agent_binary`),
-/// and for local sandboxes their subnet, host uids and disks.
-pub const BACKEND_VARIABLES: [&str; 11] = [
+/// get the agent (`agent_download_url` + `agent_sha256`), and for local sandboxes their subnet,
+/// host uids and disks.
+pub const BACKEND_VARIABLES: [&str; 10] = [
     "deployment_id",
     "agent_token",
     "agent_tls_cert",
     "agent_tls_key",
     "agent_port",
-    "agent_binary",
     "agent_download_url",
     "agent_sha256",
     "machine_network",
@@ -227,11 +226,9 @@ impl Module {
                 );
             }
         }
-        if !self.variables.contains_key("agent_binary")
-            && !self.variables.contains_key("agent_download_url")
-        {
+        if !self.variables.contains_key("agent_download_url") {
             bail!(
-                "module {dir} breaks the module contract: it declares neither \"agent_download_url\" (cloud modules) nor \"agent_binary\" (local), so machines cannot get the agent"
+                "module {dir} breaks the module contract: it does not declare \"agent_download_url\", so machines cannot get the agent"
             );
         }
         if !self.outputs.contains_key("machines") {
@@ -356,7 +353,7 @@ variable "agent_tls_key" {
   sensitive = true
 }
 variable "agent_port" { type = number }
-variable "agent_binary" { type = string }
+variable "agent_download_url" { type = string }
 "#;
 
     fn write_module(root: &Path, name: &str, extra: &str) {
@@ -471,7 +468,6 @@ mod repository_modules {
                     "{name}.{variable}: wrong sensitivity"
                 );
             }
-            assert!(!module.variables.contains_key("agent_binary"), "{name} is a cloud module");
             for variable in module.variables.values() {
                 assert!(
                     variable.description.is_some(),

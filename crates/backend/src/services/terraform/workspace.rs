@@ -85,7 +85,7 @@ fn create_private_dir(path: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("failed to create {}", path.display()))
 }
 
-fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     use std::{io::Write, os::unix::fs::OpenOptionsExt};
     let mut file = fs::OpenOptions::new()
         .write(true)
