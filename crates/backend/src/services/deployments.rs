@@ -299,6 +299,17 @@ impl Provisioning {
         Ok(variables)
     }
 
+    /// Refuses a sandboxed module on a host that cannot build sandboxes, saying why.
+    fn require_local(&self, module: &Module) -> Result<(), DeploymentError> {
+        match self.local.unavailable() {
+            Some(reason) => Err(DeploymentError::LocalUnavailable(format!(
+                "provider \"{}\" cannot be used on this server: {reason}",
+                module.name
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// Refuses a local provision that cannot run here, or that would take the owner past their
     /// machine limit. Call with `local_limit_lock` held until the deployment is stored.
     async fn check_local(
@@ -307,12 +318,7 @@ impl Provisioning {
         module: &Module,
         plain: &Map<String, Value>,
     ) -> Result<(), DeploymentError> {
-        if let Some(reason) = self.local.unavailable() {
-            return Err(DeploymentError::LocalUnavailable(format!(
-                "provider \"{}\" cannot be used on this server: {reason}",
-                module.name
-            )));
-        }
+        self.require_local(module)?;
         let wanted = local_machine_count(module, plain)?;
         let mut held = 0;
         for deployment in self.store.live_deployments_of(owner_id, &module.name).await? {
@@ -448,12 +454,7 @@ impl Provisioning {
         let (sensitive, plain): (Map<String, Value>, Map<String, Value>) =
             request.variables.into_iter().partition(|(name, _)| module.variables[name].sensitive);
         if is_sandboxed(module) {
-            if let Some(reason) = self.local.unavailable() {
-                return Err(DeploymentError::LocalUnavailable(format!(
-                    "provider \"{}\" cannot be used on this server: {reason}",
-                    module.name
-                )));
-            }
+            self.require_local(module)?;
             local_machine_count(module, &plain)?;
         }
         let backend_variables = self.backend_variables(module, id, false).await?;
