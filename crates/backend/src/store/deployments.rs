@@ -416,3 +416,53 @@ impl Store {
         Ok(())
     }
 }
+
+/// The statements `GET /infrastructure/{id}` and `GET /infrastructure?limit=` run, with their
+/// arguments written in as Postgres literals: what the HTTP benchmark hands `pgbench` as the
+/// database's own ceiling for those endpoints. Kept beside the queries so the two cannot drift.
+pub mod bench_sql {
+    use super::{DEPLOYMENT_COLUMNS, MACHINE_COLUMNS};
+
+    fn literal(sql: &str, args: &[&str]) -> String {
+        // Highest placeholder first, so `$1` does not match the start of `$10`.
+        args.iter().enumerate().rev().fold(sql.to_owned(), |sql, (i, arg)| {
+            sql.replace(&format!("${}", i + 1), arg)
+        })
+    }
+
+    /// One transaction's statements for the deployment `id` of `owner`.
+    pub fn get_deployment(id: &str, owner: &str) -> String {
+        let (id, owner) = (format!("'{id}'::uuid"), format!("'{owner}'::uuid"));
+        [
+            literal(
+                &format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE id = $1 AND owner_id = $2"),
+                &[&id, &owner],
+            ),
+            literal(
+                &format!("SELECT {MACHINE_COLUMNS} FROM machines WHERE deployment_id = $1 ORDER BY name"),
+                &[&id],
+            ),
+            literal(
+                &format!(
+                    "SELECT {} FROM runs WHERE deployment_id = $1 AND ($2 IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
+                    super::super::runs::RUN_COLUMNS
+                ),
+                &[&id, "NULL::uuid", "1"],
+            ),
+        ]
+        .join(";\n")
+            + ";\n"
+    }
+
+    /// The first page of `owner`'s deployments.
+    pub fn list_deployments(owner: &str, limit: u32) -> String {
+        literal(
+            &format!(
+                "SELECT {DEPLOYMENT_COLUMNS} FROM deployments \
+                 WHERE owner_id = $1 AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR id < $3) \
+                 AND ($4 IS NULL OR name = $4) ORDER BY id DESC LIMIT $5"
+            ),
+            &[&format!("'{owner}'::uuid"), "NULL::text", "NULL::uuid", "NULL::text", &limit.to_string()],
+        ) + ";\n"
+    }
+}

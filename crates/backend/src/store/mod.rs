@@ -25,6 +25,7 @@ use sqlx::{
 
 pub use commands::{CommandResultRow, CommandRow, CommandsPage};
 pub use deployments::{
+    bench_sql,
     DeploymentQuery, DeploymentRow, DeploymentStatusText, MachineRow, NewMachine,
 };
 pub use runs::{RunEventRow, RunRow};

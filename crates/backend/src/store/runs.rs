@@ -56,7 +56,7 @@ impl RunRow {
     }
 }
 
-const RUN_COLUMNS: &str = "id, deployment_id, kind, status, attempt, error, progress_done, \
+pub(super) const RUN_COLUMNS: &str = "id, deployment_id, kind, status, attempt, error, progress_done, \
     progress_total, lease_owner, lease_expires_at, cancel_requested_at, created_at, started_at, finished_at";
 
 /// One stored event of a run.
