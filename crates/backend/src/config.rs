@@ -231,6 +231,12 @@ impl Config {
         }
     }
 
+    /// Whether the database is the embedded SQLite one (any `sqlite:` URL), whose data directory
+    /// one process owns.
+    pub fn embedded_database(&self) -> bool {
+        self.database_url().expose_secret().starts_with("sqlite:")
+    }
+
     /// The modules folder to use (see `--modules-dir`).
     pub fn modules_dir(&self) -> PathBuf {
         if let Some(dir) = &self.modules_dir {

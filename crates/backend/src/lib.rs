@@ -4,6 +4,7 @@
 pub mod api;
 pub mod app;
 pub mod config;
+pub mod datadir;
 pub mod domain;
 pub mod secrets;
 pub mod services;
