@@ -25,8 +25,7 @@ pub const PRIVATE_FILES: &[&str] =
 /// every file and directory the server (or a Terraform it runs) creates is 0600/0700, whatever
 /// umask it was started with. The local machines' scripts set their own umask and modes.
 pub fn prepare(dir: &Path) -> anyhow::Result<()> {
-    use nix::sys::stat::{Mode, umask};
-    umask(Mode::from_bits_truncate(0o077));
+    prepare_umask();
     create_private_dir(dir).context("failed to create the data directory (NIM_DATA_DIR)")?;
     for fixed in tighten(dir)? {
         tracing::warn!(
@@ -35,6 +34,12 @@ pub fn prepare(dir: &Path) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Sets the process's umask to 077, so nothing it creates is readable by other users.
+pub fn prepare_umask() {
+    use nix::sys::stat::{Mode, umask};
+    umask(Mode::from_bits_truncate(0o077));
 }
 
 /// Removes group and other permissions from the data directory and from the private files in it

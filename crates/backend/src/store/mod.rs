@@ -347,6 +347,15 @@ fn create_private_file(path: &std::path::Path) -> anyhow::Result<()> {
     }
 }
 
+/// The database file a `sqlite:` URL names.
+pub fn sqlite_file(url: &SecretString) -> anyhow::Result<std::path::PathBuf> {
+    use anyhow::Context;
+    let options = SqliteConnectOptions::from_str(url.expose_secret()).with_context(|| {
+        format!("invalid SQLite database URL {}", crate::config::redact_database_url(url))
+    })?;
+    Ok(options.get_filename().to_owned())
+}
+
 /// Writes a consistent copy of the SQLite database at `source` to `target` (which must not
 /// exist) while other processes use it: `VACUUM INTO` reads one snapshot, so the copy is the
 /// database as of one transaction, compacted, without its WAL.

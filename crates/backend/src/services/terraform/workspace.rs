@@ -100,7 +100,6 @@ pub(crate) fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> 
 /// Copies a folder tree, leaving out the names `skip` picks. Copies are private (0600/0700, the
 /// owner's execute bit kept), like everything else under the data directory.
 pub(crate) fn copy_tree(from: &Path, to: &Path, skip: &dyn Fn(&str) -> bool) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
     create_private_dir(to)?;
     for entry in fs::read_dir(from).with_context(|| format!("failed to read {}", from.display()))? {
         let entry = entry.with_context(|| format!("failed to read {}", from.display()))?;
@@ -114,16 +113,20 @@ pub(crate) fn copy_tree(from: &Path, to: &Path, skip: &dyn Fn(&str) -> bool) -> 
         if kind.is_dir() {
             copy_tree(&source, &target, skip)?;
         } else if kind.is_file() {
-            let copied = fs::copy(&source, &target).and_then(|_| {
-                let mode = fs::metadata(&target)?.permissions().mode();
-                fs::set_permissions(&target, fs::Permissions::from_mode(mode & 0o700))
-            });
-            copied.with_context(|| {
-                format!("failed to copy {} to {}", source.display(), target.display())
-            })?;
+            copy_private(&source, &target)?;
         }
     }
     Ok(())
+}
+
+/// Copies one file, private (0600, or 0700 when its owner could execute it).
+pub(crate) fn copy_private(source: &Path, target: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let copied = fs::copy(source, target).and_then(|_| {
+        let mode = fs::metadata(target)?.permissions().mode();
+        fs::set_permissions(target, fs::Permissions::from_mode(mode & 0o700))
+    });
+    copied.with_context(|| format!("failed to copy {} to {}", source.display(), target.display()))
 }
 
 #[cfg(test)]
