@@ -21,7 +21,7 @@ use crate::{
     helpers::{
         Reuse, app, assert_problem, backend_command, json_ok, postgres_requested, spawn_app,
     },
-    provisioning::{agents, provision, wait_for, wait_for_status},
+    provisioning::{agents, provision, provision_ready, wait_for, wait_for_status},
 };
 
 /// Whether this test may mount filesystems (root); otherwise it is skipped, loudly, except under
@@ -271,14 +271,8 @@ async fn a_backup_taken_while_serving_restores_the_deployment_and_its_machines_a
     // No configured secrets: the generated ones in the data directory are part of the backup.
     let first = app().bare().provisioning().spawn().await;
     let token = first.token("backup@example.com").await;
-    let created = provision(
-        &first,
-        &token,
-        json!({"name": "kept", "provider": "local", "variables": {"machine_count": 2}}),
-    )
-    .await;
-    let id = created["deployment"]["id"].as_str().unwrap().to_owned();
-    wait_for_status(&first, &token, &id, "ready").await;
+    let body = json!({"name": "kept", "provider": "local", "variables": {"machine_count": 2}});
+    let id = provision_ready(&first, &token, body).await;
 
     let output = backend_command(first.dir.path()).args(["backup", "backup"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -326,16 +320,28 @@ async fn a_backup_taken_while_serving_restores_the_deployment_and_its_machines_a
     assert!(agents(&second).is_empty());
 }
 
-#[tokio::test]
-async fn a_full_data_disk_refuses_writes_with_503_keeps_reads_and_recovers_without_a_restart() {
-    if !root_or_skip("the full-disk test") {
-        return;
+/// A server (with provisioning) whose data directory is a 64 MiB filesystem of its own, and a
+/// signed-in user's token; `None` when the test cannot mount (not root).
+async fn on_own_disk(
+    what: &str,
+    mount: fn(&Path, u32) -> Mount,
+) -> Option<(Mount, crate::helpers::TestApp, String)> {
+    if !root_or_skip(what) {
+        return None;
     }
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let _mount = Mount::tmpfs(&data, 64);
+    let mount = mount(&dir.path().join("data"), 64);
     let app = app().provisioning().dir(Reuse::from(dir)).spawn().await;
-    let token = app.token("full@example.com").await;
+    let token = app.token("disk@example.com").await;
+    Some((mount, app, token))
+}
+
+#[tokio::test]
+async fn a_full_data_disk_refuses_writes_with_503_keeps_reads_and_recovers_without_a_restart() {
+    let Some((_mount, app, token)) = on_own_disk("the full-disk test", Mount::tmpfs).await else {
+        return;
+    };
+    let data = app.dir.path().join("data");
     let body = json!({"name": "slow", "provider": "slow", "variables": {"seconds": 6}});
     let created = provision(&app, &token, body).await;
     let id = created["deployment"]["id"].as_str().unwrap().to_owned();
@@ -395,14 +401,10 @@ async fn a_full_data_disk_refuses_writes_with_503_keeps_reads_and_recovers_witho
 
 #[tokio::test]
 async fn a_data_disk_turned_read_only_refuses_writes_keeps_reads_and_loses_nothing() {
-    if !root_or_skip("the read-only disk test") {
+    let Some((mount, server, token)) = on_own_disk("the read-only disk test", Mount::ext4).await
+    else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let mount = Mount::ext4(&data, 64);
-    let server = app().provisioning().dir(Reuse::from(dir)).spawn().await;
-    let token = server.token("ro@example.com").await;
+    };
 
     // With `synchronous=NORMAL`, commits of the last moment before a disk fails (like a power
     // cut) may be lost, never half-applied; what was on disk stays intact.
@@ -457,14 +459,8 @@ async fn sigterm_under_load_answers_or_cleanly_closes_every_request_and_records_
     let mut first =
         app().provisioning().env("NIM_SHUTDOWN_GRACE_SECS", GRACE_SECS.to_string()).spawn().await;
     let token = first.token("load@example.com").await;
-    let fleet = provision(
-        &first,
-        &token,
-        json!({"name": "fleet", "provider": "local", "variables": {"machine_count": 2}}),
-    )
-    .await;
-    let fleet = fleet["deployment"]["id"].as_str().unwrap().to_owned();
-    wait_for_status(&first, &token, &fleet, "ready").await;
+    let body = json!({"name": "fleet", "provider": "local", "variables": {"machine_count": 2}});
+    let fleet = provision_ready(&first, &token, body).await;
     let (command, _) = start(&first, &token, &fleet, json!({"shell": "sleep 120"})).await;
     let command_id = command["id"].as_str().unwrap().to_owned();
     wait_for_command(&first, &token, &fleet, &command_id, "both machines to run it", |c| {
