@@ -217,7 +217,7 @@ async fn everything_under_the_data_directory_is_private_whatever_the_umask_and_r
     for name in ["nim.db", "nim.db-wal", "nim.db-shm", "jwt-secret", "encryption-key", "nim.lock"] {
         assert!(data.join(name).exists(), "{name}");
     }
-    assert!(data.join(format!("deployments/{id}/modules/failing/.terraform")).is_dir());
+    assert!(data.join(format!("deployments/{id}/modules/failing")).is_dir());
     let checked = assert_private(&data);
     println!("{checked} files and directories under the data directory, all private");
 
@@ -380,14 +380,19 @@ async fn a_full_data_disk_refuses_writes_with_503_keeps_reads_and_recovers_witho
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     std::fs::remove_file(filler).unwrap();
-    let failed =
-        wait_for(&app, &token, &id, "the run's end", |d| d["latest_run"]["status"] != "running")
-            .await;
+    let failed = wait_for(&app, &token, &id, "the run's end", |d| {
+        d["latest_run"]["status"] != "running" && d["status"] != "provisioning"
+    })
+    .await;
     println!("run: {} — {}", failed["latest_run"]["status"], failed["latest_run"]["error"]);
     assert_eq!(failed["latest_run"]["status"], "failed", "{failed:#}");
     assert_eq!(failed["status"], "failed");
+    // With Postgres the state is not on that disk: the apply succeeds and its fixture
+    // machine's agent never answers. On SQLite the state cannot be saved.
     let error = failed["latest_run"]["error"].as_str().unwrap();
-    assert!(error.contains("terraform apply failed"), "{error}");
+    if !postgres_requested() {
+        assert!(error.contains("terraform apply failed"), "{error}");
+    }
 
     // Everything works again, without a restart.
     assert_eq!(app.sign_up("after@example.com", "correct horse").await.status(), 201);
