@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     api::{self, AppState, AuthRateLimiter, ClientAddrSource, RequestTimeout},
     config::{Config, redact_database_url},
+    datadir::{self, DataDirLock},
     secrets::{self, SecretBox},
     services::{
         agent_download::AgentDistribution,
@@ -40,18 +41,20 @@ pub struct Application {
     health: HealthChecker,
     commands: CommandService,
     shutdown: CancellationToken,
+    /// Held until the server has stopped (embedded database only).
+    data_dir_lock: Option<DataDirLock>,
 }
 
 impl Application {
     /// Prepares everything the server needs; fails with a message naming the setting to fix.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&config.data_dir).with_context(|| {
-            format!(
-                "failed to create the data directory {} (NIM_DATA_DIR)",
-                config.data_dir.display()
-            )
-        })?;
+        datadir::prepare(&config.data_dir)?;
         let database_url = config.database_url();
+        // One process owns an embedded database; Postgres replicas share theirs by design.
+        let data_dir_lock = match config.embedded_database() {
+            true => Some(datadir::lock(&config.data_dir)?),
+            false => None,
+        };
         let store = Store::connect(&database_url, config.db_max_connections).await?;
         tracing::info!(database = %redact_database_url(&database_url), "database ready");
 
@@ -131,6 +134,7 @@ impl Application {
             health,
             commands,
             shutdown,
+            data_dir_lock,
         })
     }
 
@@ -162,6 +166,7 @@ impl Application {
             health,
             commands,
             shutdown,
+            data_dir_lock,
         } = self;
         tracing::info!(%addr, "listening");
 
@@ -204,6 +209,7 @@ impl Application {
             tracing::error!(error = format!("{err:#}"), "shutting down");
         }
         shutdown.cancel();
+        bus.close();
 
         let grace = config.shutdown_grace();
         let rest = async {
@@ -236,6 +242,7 @@ impl Application {
             machine_server.abort();
         }
         store.close().await;
+        drop(data_dir_lock);
         tracing::info!("stopped");
         result
     }

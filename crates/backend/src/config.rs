@@ -14,6 +14,10 @@ use secrecy::{ExposeSecret, SecretString};
 #[derive(Debug, Clone, Parser)]
 #[command(name = "nim-backend", version, about, long_about)]
 pub struct Config {
+    /// Without a subcommand, the server runs.
+    #[command(subcommand)]
+    pub operation: Option<Operation>,
+
     /// Address and port the HTTP API listens on; port 0 picks a free port.
     #[arg(long, env = "NIM_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -210,6 +214,27 @@ pub struct Config {
     pub supabase_max_retries: u32,
 }
 
+/// What `nim-backend` does instead of serving; the options above still say where the data is.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Operation {
+    /// Back up an embedded (SQLite) installation into PATH, a new directory: a consistent copy
+    /// of the database (taken while the server runs), the generated secrets and every
+    /// deployment's workspace with its Terraform state. With Postgres, use pg_dump (README).
+    Backup {
+        /// Directory to create (or an empty one).
+        path: PathBuf,
+    },
+    /// Restore a backup made by `nim-backend backup` into the data directory. Stop the server
+    /// first: the restore refuses while one holds the data directory.
+    Restore {
+        /// The backup directory.
+        path: PathBuf,
+        /// Replace a database already in the data directory.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -229,6 +254,12 @@ impl Config {
                 SecretString::from(format!("sqlite://{}?mode=rwc", path.display()))
             }
         }
+    }
+
+    /// Whether the database is the embedded SQLite one (any `sqlite:` URL), whose data directory
+    /// one process owns.
+    pub fn embedded_database(&self) -> bool {
+        self.database_url().expose_secret().starts_with("sqlite:")
     }
 
     /// The modules folder to use (see `--modules-dir`).

@@ -3,7 +3,9 @@
 
 pub mod api;
 pub mod app;
+pub mod backup;
 pub mod config;
+pub mod datadir;
 pub mod domain;
 pub mod secrets;
 pub mod services;

@@ -1,7 +1,8 @@
-//! `nim-backend`: reads configuration, sets up logging, and runs the [`Application`].
+//! `nim-backend`: reads configuration, sets up logging, and runs the [`Application`] (or backs
+//! up / restores its data).
 
 use clap::Parser;
-use nim_backend::{Application, Config, telemetry};
+use nim_backend::{Application, Config, backup, config::Operation, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -14,5 +15,9 @@ async fn main() -> anyhow::Result<()> {
         Err(err) if err.not_found() => {}
         Err(err) => anyhow::bail!("failed to read .env: {err}"),
     }
-    Application::build(config).await?.run_until_stopped().await
+    match &config.operation {
+        None => Application::build(config).await?.run_until_stopped().await,
+        Some(Operation::Backup { path }) => backup::backup(&config, path).await,
+        Some(Operation::Restore { path, force }) => backup::restore(&config, path, *force).await,
+    }
 }

@@ -195,6 +195,9 @@ impl From<AuthError> for ApiError {
                     detail: "authentication is temporarily unavailable; try again shortly".into(),
                 }
             }
+            AuthError::Internal(cause) if crate::datadir::is_storage_failure(&cause) => {
+                storage_unavailable(&cause)
+            }
             AuthError::Internal(cause) => Self::Internal(cause),
         }
     }
@@ -226,6 +229,9 @@ impl From<DeploymentError> for ApiError {
                 Self::Validation { code: "plan_failed", detail, errors: Vec::new() }
             }
             DeploymentError::Store(err) => err.into(),
+            DeploymentError::Internal(cause) if crate::datadir::is_storage_failure(&cause) => {
+                storage_unavailable(&cause)
+            }
             DeploymentError::Internal(cause) => Self::Internal(cause),
         }
     }
@@ -240,6 +246,9 @@ impl From<CommandError> for ApiError {
             CommandError::NotReady(_) => Self::Conflict { code: "deployment_not_ready", detail },
             CommandError::NotRunning(_) => Self::Conflict { code: "command_not_running", detail },
             CommandError::Store(err) => err.into(),
+            CommandError::Internal(cause) if crate::datadir::is_storage_failure(&cause) => {
+                storage_unavailable(&cause)
+            }
             CommandError::Internal(cause) => Self::Internal(cause),
         }
     }
@@ -255,8 +264,24 @@ impl From<crate::store::StoreError> for ApiError {
                     detail: "the database is temporarily unavailable; try again shortly".into(),
                 }
             }
+            crate::store::StoreError::Storage(cause) => {
+                storage_unavailable(&anyhow::Error::new(cause))
+            }
             other => Self::Internal(other.into()),
         }
+    }
+}
+
+/// 503 `storage_unavailable`: the disk under the database or the data directory is full or
+/// read-only. Reads keep working; the same request works again once the disk does.
+fn storage_unavailable(cause: &anyhow::Error) -> ApiError {
+    tracing::error!(
+        error = format!("{cause:#}"),
+        "storage refuses writes (disk full or read-only)"
+    );
+    ApiError::Unavailable {
+        code: "storage_unavailable",
+        detail: "the server's storage is full or read-only, so nothing was changed; reads still work, and this request will work again once an operator frees space".into(),
     }
 }
 

@@ -441,7 +441,9 @@ async fn stream_events(
                 }
                 match store.events_after(id, after, 200).await {
                     Ok(events) if !events.is_empty() => buffer.extend(events),
-                    Ok(_) => subscription.changed(id).await,
+                    Ok(_) if subscription.changed(id).await => {}
+                    // The server is stopping: end the stream cleanly.
+                    Ok(_) => return None,
                     Err(err) => {
                         tracing::warn!(error = %err, "failed to read run events; retrying");
                         tokio::time::sleep(Duration::from_secs(1)).await;

@@ -33,7 +33,7 @@ use super::{
 };
 use crate::{
     domain::{DeploymentStatus, RunKind, RunStatus},
-    store::{DeploymentRow, NewMachine, RunRow, Store},
+    store::{DeploymentRow, NewMachine, RunRow, Store, StoreError},
 };
 
 /// Advisory lock key serialising `terraform init` and state-workspace creation across replicas
@@ -78,6 +78,7 @@ enum StopReason {
 }
 
 /// What a run came to.
+#[derive(Clone)]
 enum RunEnd {
     Succeeded,
     Failed(String),
@@ -259,6 +260,7 @@ impl RunWorker {
         let (records, recorder) = self.spawn_recorder(&run);
         let stop_reason = Arc::new(OnceLock::new());
         let cancel = CancellationToken::new();
+        let stopping = shutdown.clone();
         let watcher =
             tokio::spawn(self.clone().watch(run.id, shutdown, cancel.clone(), stop_reason.clone()));
 
@@ -274,13 +276,34 @@ impl RunWorker {
             (RunEnd::Cancelled, Some(StopReason::Shutdown)) => RunEnd::Shutdown,
             (end, _) => end,
         };
-        watcher.abort();
-        if let Err(err) = self.finish(&run, end, &records).await {
-            tracing::error!(
+        // A full or read-only disk (or a database outage) refuses the record for a while: keep
+        // trying, so the run ends recorded once writes work again rather than stuck `running`
+        // until the next start. The watcher keeps renewing the lease meanwhile.
+        let mut delay = Duration::from_secs(1);
+        loop {
+            let Err(err) = self.finish(&run, end.clone(), &records).await else { break };
+            let transient = err.chain().any(|cause| {
+                cause.downcast_ref::<StoreError>().is_some_and(StoreError::is_transient)
+            });
+            if !transient || stopping.is_cancelled() {
+                tracing::error!(
+                    error = format!("{err:#}"),
+                    "failed to record the end of a run; it will be recovered"
+                );
+                break;
+            }
+            tracing::warn!(
                 error = format!("{err:#}"),
-                "failed to record the end of a run; it will be recovered"
+                retry_in_secs = delay.as_secs(),
+                "cannot record the end of a run yet; retrying"
             );
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = stopping.cancelled() => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(15));
         }
+        watcher.abort();
         drop(records);
         let _ = recorder.await;
     }

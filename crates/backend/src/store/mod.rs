@@ -53,6 +53,10 @@ pub enum StoreError {
     /// The database could not be reached in time (pool timeout, connection refused, I/O).
     #[error("database unavailable")]
     Unavailable(#[source] sqlx::Error),
+    /// The database's storage refuses writes: disk full, read-only filesystem, I/O errors.
+    /// Reads usually keep working; writes work again once space (or write access) returns.
+    #[error("database storage full or read-only")]
+    Storage(#[source] sqlx::Error),
     #[error("database error")]
     Database(#[source] sqlx::Error),
 }
@@ -91,8 +95,30 @@ impl StoreError {
             {
                 Self::Unavailable(err)
             }
+            sqlx::Error::Database(db) if db.code().is_some_and(|code| storage_code(&code)) => {
+                Self::Storage(err)
+            }
             _ => Self::Database(err),
         }
+    }
+
+    /// Whether the same write may succeed later without anyone changing the request: the
+    /// database or its disk is back.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable(_) | Self::Storage(_))
+    }
+}
+
+/// Error codes meaning the database's storage refuses writes. SQLite reports its (extended)
+/// result code, whose low byte is the primary one: `SQLITE_READONLY` (8), `SQLITE_IOERR` (10),
+/// `SQLITE_FULL` (13), `SQLITE_CANTOPEN` (14). Postgres: `disk_full` (53100), `io_error`
+/// (58030), `read_only_sql_transaction` (25006, a standby or a read-only database).
+fn storage_code(code: &str) -> bool {
+    match code.parse::<i32>() {
+        Ok(sqlite) if !code.starts_with('0') && code.len() < 5 => {
+            matches!(sqlite & 0xff, 8 | 10 | 13 | 14)
+        }
+        _ => matches!(code, "53100" | "58030" | "25006"),
     }
 }
 
@@ -144,7 +170,9 @@ impl Store {
         let redacted = crate::config::redact_database_url(url);
         let db = if raw.starts_with("sqlite:") {
             let options = SqliteConnectOptions::from_str(raw)
-                .with_context(|| format!("invalid SQLite database URL {redacted}"))?
+                .with_context(|| format!("invalid SQLite database URL {redacted}"))?;
+            create_private_file(options.get_filename())?;
+            let options = options
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
@@ -156,10 +184,8 @@ impl Store {
                 .connect_with(options)
                 .await
                 .with_context(|| format!("failed to open the database {redacted}"))?;
-            sqlx::migrate!("migrations/sqlite")
-                .run(&pool)
-                .await
-                .with_context(|| format!("failed to migrate the database {redacted}"))?;
+            let migrated = sqlx::migrate!("migrations/sqlite").run(&pool).await;
+            migrated.map_err(|err| migration_error(err, &redacted))?;
             Db::Sqlite(pool)
         } else if raw.starts_with("postgres:") || raw.starts_with("postgresql:") {
             let options = PgConnectOptions::from_str(raw)
@@ -172,9 +198,7 @@ impl Store {
                 .connect_with(options)
                 .await
                 .with_context(|| format!("failed to connect to the database {redacted}"))?;
-            migrate_postgres(&pool)
-                .await
-                .with_context(|| format!("failed to migrate the database {redacted}"))?;
+            migrate_postgres(&pool).await.map_err(|err| migration_error(err, &redacted))?;
             Db::Postgres(pool)
         } else {
             anyhow::bail!(
@@ -275,19 +299,87 @@ impl AdvisoryLock {
 /// Creates our schema and applies the migrations (the files in `supabase/migrations/`, which a
 /// Supabase project can also apply itself) while holding an advisory lock, so replicas starting
 /// together migrate once and never see a half-made schema.
-async fn migrate_postgres(pool: &PgPool) -> anyhow::Result<()> {
+async fn migrate_postgres(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     let mut conn = pool.acquire().await?;
     sqlx::query("SELECT pg_advisory_lock($1)").bind(MIGRATION_LOCK).execute(&mut *conn).await?;
     let result = async {
         sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {PG_SCHEMA}"))
             .execute(&mut *conn)
             .await?;
-        sqlx::migrate!("../../supabase/migrations").run(&mut *conn).await?;
-        anyhow::Ok(())
+        sqlx::migrate!("../../supabase/migrations").run(&mut *conn).await
     }
     .await;
     sqlx::query("SELECT pg_advisory_unlock($1)").bind(MIGRATION_LOCK).execute(&mut *conn).await?;
     result
+}
+
+/// Migrations are forward-only: a database that has a migration this binary does not know was
+/// migrated by a newer version, and running against its schema could corrupt it. That and a
+/// changed migration get a message saying what to do rather than sqlx's.
+fn migration_error(err: sqlx::migrate::MigrateError, database: &str) -> anyhow::Error {
+    use sqlx::migrate::MigrateError;
+    let version = env!("CARGO_PKG_VERSION");
+    match err {
+        MigrateError::VersionMissing(migration) => anyhow::anyhow!(
+            "the database {database} was migrated by a newer nim-backend: it has migration {migration}, which this version ({version}) does not know. Refusing to start against a schema it does not understand; run the newer version again, or restore a backup made before the upgrade (migrations only go forward)"
+        ),
+        MigrateError::VersionMismatch(migration) => anyhow::anyhow!(
+            "migration {migration} of the database {database} differs from the one this version ({version}) ships; the database was migrated by a different build. Refusing to start; run the build that migrated it"
+        ),
+        other => {
+            anyhow::Error::new(other).context(format!("failed to migrate the database {database}"))
+        }
+    }
+}
+
+/// Creates a missing SQLite database file empty and 0600 before SQLite opens it: SQLite gives its
+/// `-wal` and `-shm` files the database file's mode, so all three stay private.
+fn create_private_file(path: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if path.as_os_str().is_empty() || path == std::path::Path::new(":memory:") {
+        return Ok(());
+    }
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        Ok(_) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(err) => {
+            Err(anyhow::Error::new(err).context(format!("failed to create {}", path.display())))
+        }
+    }
+}
+
+/// The database file a `sqlite:` URL names.
+pub fn sqlite_file(url: &SecretString) -> anyhow::Result<std::path::PathBuf> {
+    use anyhow::Context;
+    let options = SqliteConnectOptions::from_str(url.expose_secret()).with_context(|| {
+        format!("invalid SQLite database URL {}", crate::config::redact_database_url(url))
+    })?;
+    Ok(options.get_filename().to_owned())
+}
+
+/// Writes a consistent copy of the SQLite database at `source` to `target` (which must not
+/// exist) while other processes use it: `VACUUM INTO` reads one snapshot, so the copy is the
+/// database as of one transaction, compacted, without its WAL.
+pub async fn backup_sqlite(
+    source: &std::path::Path,
+    target: &std::path::Path,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let options = SqliteConnectOptions::new()
+        .filename(source)
+        .create_if_missing(false)
+        .busy_timeout(Duration::from_secs(30));
+    let mut conn = sqlx::ConnectOptions::connect(&options)
+        .await
+        .with_context(|| format!("failed to open the database {}", source.display()))?;
+    let target_text = target.to_str().context("the backup path is not valid UTF-8")?;
+    sqlx::query("VACUUM INTO $1")
+        .bind(target_text)
+        .execute(&mut conn)
+        .await
+        .with_context(|| format!("failed to copy the database into {}", target.display()))?;
+    sqlx::Connection::close(conn).await?;
+    Ok(())
 }
 
 /// Throwaway databases for tests (this crate's and the integration tests'): a fresh SQLite file,

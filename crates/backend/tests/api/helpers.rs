@@ -40,6 +40,20 @@ pub struct Reuse {
     database: Option<PostgresDatabase>,
 }
 
+impl From<TempDir> for Reuse {
+    /// A fresh directory prepared by the test (e.g. with a filesystem mounted in it).
+    fn from(dir: TempDir) -> Self {
+        Self { dir, database: None }
+    }
+}
+
+impl Reuse {
+    /// The Postgres database the server ran on, if it did.
+    pub fn database_url(&self) -> Option<&str> {
+        self.database.as_ref().map(|database| database.url.as_str())
+    }
+}
+
 /// Whether this test run asked for Postgres (`TEST_DATABASE=postgres`).
 pub fn postgres_requested() -> bool {
     std::env::var("TEST_DATABASE").is_ok_and(|v| v == "postgres")
@@ -103,6 +117,43 @@ impl AppBuilder {
 
     pub async fn spawn(mut self) -> TestApp {
         let dir = self.dir.take().unwrap_or_else(|| tempfile::tempdir().expect("temp dir"));
+        let (mut command, machines_dir) = self.command(&dir).await;
+        let mut child = command.spawn().expect("failed to start nim-backend");
+        let download = Arc::new(std::sync::OnceLock::new());
+        let addr = wait_for_listening(&mut child, download.clone());
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("http client");
+        TestApp {
+            addr,
+            client,
+            dir,
+            database: self.database,
+            machines_dir,
+            machine_download: download.get().cloned(),
+            child,
+        }
+    }
+
+    /// Runs `nim-backend` with this environment and `args` to the end (a server expected to
+    /// refuse to start, or a subcommand); returns what it printed and its directory.
+    pub async fn run(mut self, args: &[&str]) -> (std::process::Output, Reuse) {
+        let dir = self.dir.take().unwrap_or_else(|| tempfile::tempdir().expect("temp dir"));
+        let (mut command, _) = self.command(&dir).await;
+        let output = command
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .expect("failed to run nim-backend");
+        (output, Reuse { dir, database: self.database })
+    }
+
+    /// The server's command line and environment, and its local machines' directory.
+    async fn command(&mut self, dir: &TempDir) -> (Command, PathBuf) {
         let explicit_database = self.envs.iter().any(|(key, _)| key == "DATABASE_URL");
         // `bare()` is about the embedded defaults, so it stays on SQLite.
         if self.database.is_none()
@@ -116,17 +167,8 @@ impl AppBuilder {
                     .expect("TEST_DATABASE=postgres but no Postgres answers"),
             );
         }
-        let mut command = Command::new(env!("CARGO_BIN_EXE_nim-backend"));
-        // Nothing from the developer's environment may leak in; the working directory is the
-        // temp dir so no `.env` of the checkout is read either.
-        for (key, _) in std::env::vars_os() {
-            let key = key.to_string_lossy();
-            if key.starts_with("NIM_") || key.starts_with("SUPABASE_") || key == "DATABASE_URL" {
-                command.env_remove(&*key);
-            }
-        }
+        let mut command = backend_command(dir.path());
         command
-            .current_dir(dir.path())
             .env("NIM_LISTEN", "127.0.0.1:0")
             .env("NIM_LOG_FORMAT", "json")
             .env("RUST_LOG", "info,sqlx=warn")
@@ -165,24 +207,22 @@ impl AppBuilder {
             .find(|(key, _)| key == "NIM_LOCAL_MACHINES_DIR")
             .map_or_else(|| dir.path().join("machines"), |(_, value)| PathBuf::from(value));
         command.env("NIM_LOCAL_MACHINES_DIR", &machines_dir);
-        let mut child = command.spawn().expect("failed to start nim-backend");
-        let download = Arc::new(std::sync::OnceLock::new());
-        let addr = wait_for_listening(&mut child, download.clone());
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("http client");
-        TestApp {
-            addr,
-            client,
-            dir,
-            database: self.database,
-            machines_dir,
-            machine_download: download.get().cloned(),
-            child,
+        (command, machines_dir)
+    }
+}
+
+/// The `nim-backend` binary run in `cwd`, with nothing of the developer's environment: no
+/// `NIM_*`, `SUPABASE_*` or `DATABASE_URL`, and no `.env` of the checkout (`cwd` is a temp dir).
+pub fn backend_command(cwd: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_nim-backend"));
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("NIM_") || key.starts_with("SUPABASE_") || key == "DATABASE_URL" {
+            command.env_remove(&*key);
         }
     }
+    command.current_dir(cwd);
+    command
 }
 
 /// Reads the server's JSON log lines until it says where it listens; keeps draining stderr after
@@ -299,6 +339,20 @@ impl TestApp {
         session["access_token"].as_str().expect("access_token").to_owned()
     }
 
+    /// Sends SIGTERM without waiting (see [`TestApp::exit_status`]).
+    pub fn send_sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+
+    /// The exit status, once the process has exited.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("try_wait")
+    }
+
     /// Sends SIGKILL, as a crash would.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
@@ -344,11 +398,7 @@ impl TestApp {
 
     /// Sends SIGTERM and waits for the process to exit.
     pub fn terminate(&mut self) -> ExitStatus {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success());
+        self.send_sigterm();
         // Runs get SIGINT and the test servers' 10 s cancel grace; on a loaded machine the
         // whole shutdown may take a while longer than that grace.
         for _ in 0..600 {

@@ -25,6 +25,14 @@ pub async fn provision(app: &TestApp, token: &str, body: Value) -> Value {
     response.json().await.unwrap()
 }
 
+/// Provisions and waits until the deployment is ready; returns its id.
+pub async fn provision_ready(app: &TestApp, token: &str, body: Value) -> String {
+    let created = provision(app, token, body).await;
+    let id = created["deployment"]["id"].as_str().unwrap().to_owned();
+    wait_for_status(app, token, &id, "ready").await;
+    id
+}
+
 /// Polls the deployment until `done(deployment)` holds.
 pub async fn wait_for(
     app: &TestApp,

@@ -12,4 +12,4 @@ pub(crate) use runner::find_on_path;
 pub use runner::{Exit, StopSignals, Terraform};
 pub use types::TypeConstraint;
 pub use workspace::Workspace;
-pub(crate) use workspace::write_private;
+pub(crate) use workspace::{copy_private, copy_tree, create_private_dir, write_private};

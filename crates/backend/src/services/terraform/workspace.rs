@@ -57,7 +57,7 @@ impl Workspace {
         // Copy into a sibling first and rename, so a crash never leaves a half copy in place.
         let partial = self.root.join("modules.partial");
         let _ = fs::remove_dir_all(&partial);
-        copy_tree(modules_root, &partial)?;
+        copy_tree(modules_root, &partial, &skipped)?;
         fs::rename(&partial, self.root.join("modules")).with_context(|| {
             format!("failed to move the module copy into {}", self.root.display())
         })?;
@@ -76,7 +76,7 @@ impl Workspace {
     }
 }
 
-fn create_private_dir(path: &Path) -> anyhow::Result<()> {
+pub(crate) fn create_private_dir(path: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     fs::DirBuilder::new()
         .recursive(true)
@@ -97,26 +97,36 @@ pub(crate) fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> 
     file.write_all(contents).with_context(|| format!("failed to write {}", path.display()))
 }
 
-fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
+/// Copies a folder tree, leaving out the names `skip` picks. Copies are private (0600/0700, the
+/// owner's execute bit kept), like everything else under the data directory.
+pub(crate) fn copy_tree(from: &Path, to: &Path, skip: &dyn Fn(&str) -> bool) -> anyhow::Result<()> {
     create_private_dir(to)?;
     for entry in fs::read_dir(from).with_context(|| format!("failed to read {}", from.display()))? {
         let entry = entry.with_context(|| format!("failed to read {}", from.display()))?;
         let name = entry.file_name();
-        if skipped(&name.to_string_lossy()) {
+        if skip(&name.to_string_lossy()) {
             continue;
         }
         let (source, target) = (entry.path(), to.join(&name));
         let kind =
             entry.file_type().with_context(|| format!("failed to stat {}", source.display()))?;
         if kind.is_dir() {
-            copy_tree(&source, &target)?;
+            copy_tree(&source, &target, skip)?;
         } else if kind.is_file() {
-            fs::copy(&source, &target).with_context(|| {
-                format!("failed to copy {} to {}", source.display(), target.display())
-            })?;
+            copy_private(&source, &target)?;
         }
     }
     Ok(())
+}
+
+/// Copies one file, private (0600, or 0700 when its owner could execute it).
+pub(crate) fn copy_private(source: &Path, target: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let copied = fs::copy(source, target).and_then(|_| {
+        let mode = fs::metadata(target)?.permissions().mode();
+        fs::set_permissions(target, fs::Permissions::from_mode(mode & 0o700))
+    });
+    copied.with_context(|| format!("failed to copy {} to {}", source.display(), target.display()))
 }
 
 #[cfg(test)]
