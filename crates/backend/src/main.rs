@@ -9,7 +9,8 @@ async fn main() -> anyhow::Result<()> {
     // Before parsing, so `.env` values reach clap's `env` fallbacks.
     let dotenv = dotenvy::dotenv();
     let config = Config::parse();
-    telemetry::init(config.log_format);
+    // Held to the end of `main`: dropping it flushes the log lines not yet written.
+    let _log_writer = telemetry::init(config.log_format);
     match dotenv {
         Ok(path) => tracing::info!(path = %path.display(), "read .env"),
         Err(err) if err.not_found() => {}

@@ -35,7 +35,7 @@ use crate::{
         deployments::{ProvisionRequest, Provisioning},
         events::EventBus,
     },
-    store::{DeploymentQuery, DeploymentRow, MachineRow, RunEventRow, RunRow},
+    store::{DeploymentQuery, DeploymentRow, DeploymentSummary, MachineRow, RunEventRow, RunRow},
 };
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
@@ -88,6 +88,12 @@ pub(super) struct PageParams {
 
 impl From<DeploymentRow> for DeploymentView {
     fn from(row: DeploymentRow) -> Self {
+        DeploymentSummary::from(row).into()
+    }
+}
+
+impl From<DeploymentSummary> for DeploymentView {
+    fn from(row: DeploymentSummary) -> Self {
         Self {
             id: row.id,
             status: row.status(),
@@ -302,12 +308,11 @@ async fn get_deployment(
     user: AuthUser,
     Path(id): Path<Uuid>,
 ) -> Result<Json<DeploymentView>, ApiError> {
-    let deployment = provisioning.deployment(user.id, id).await?;
-    let machines: Vec<MachineView> =
-        provisioning.machines(id).await?.into_iter().map(Into::into).collect();
-    let latest_run = provisioning.latest_run(id).await?.map(Into::into);
+    let detail = provisioning.detail(user.id, id).await?;
+    let machines: Vec<MachineView> = detail.machines.into_iter().map(Into::into).collect();
+    let latest_run = detail.latest_run.map(Into::into);
     let degraded = machines.iter().any(|m| m.status == MachineStatus::Unreachable);
-    let mut view = DeploymentView::from(deployment);
+    let mut view = DeploymentView::from(detail.deployment);
     view.machines = Some(machines);
     view.latest_run = latest_run;
     view.degraded = Some(degraded);

@@ -27,8 +27,8 @@ use crate::{
     domain::{DeploymentStatus, RunKind},
     secrets::SecretBox,
     store::{
-        DeploymentQuery, DeploymentRow, DeploymentStatusText, MachineRow, NewMachine, RunEventRow,
-        RunRow, Store, StoreError,
+        DeploymentDetail, DeploymentQuery, DeploymentRow, DeploymentStatusText, DeploymentSummary,
+        NewMachine, RunEventRow, RunRow, Store, StoreError,
     },
 };
 
@@ -542,16 +542,18 @@ impl Provisioning {
         &self,
         owner_id: Uuid,
         query: &DeploymentQuery,
-    ) -> Result<Vec<DeploymentRow>, DeploymentError> {
+    ) -> Result<Vec<DeploymentSummary>, DeploymentError> {
         Ok(self.store.list_deployments(owner_id, query).await?)
     }
 
-    pub async fn machines(&self, deployment_id: Uuid) -> Result<Vec<MachineRow>, DeploymentError> {
-        Ok(self.store.list_machines(deployment_id).await?)
-    }
-
-    pub async fn latest_run(&self, deployment_id: Uuid) -> Result<Option<RunRow>, DeploymentError> {
-        Ok(self.store.latest_run(deployment_id).await?)
+    /// A deployment of the owner with its machines and latest run (another owner's is
+    /// `NotFound`), read in one statement.
+    pub async fn detail(
+        &self,
+        owner_id: Uuid,
+        id: Uuid,
+    ) -> Result<DeploymentDetail, DeploymentError> {
+        self.store.deployment_detail(owner_id, id).await?.ok_or(DeploymentError::NotFound)
     }
 
     /// Queues the destroy of a deployment.

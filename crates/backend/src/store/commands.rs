@@ -93,7 +93,7 @@ impl Store {
     }
 
     /// Stores a new command and one `pending` result per machine, in one transaction.
-    #[tracing::instrument(skip_all, fields(command_id = %command.id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(command_id = %command.id))]
     pub async fn create_command(
         &self,
         command: &CommandRow,
@@ -163,7 +163,7 @@ impl Store {
 
     /// A page of a deployment's commands, newest first, with every result's status (for their
     /// summaries), without a query per command.
-    #[tracing::instrument(skip_all, fields(deployment_id = %deployment_id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %deployment_id))]
     pub async fn list_commands(
         &self,
         deployment_id: Uuid,
@@ -246,7 +246,7 @@ impl Store {
 
     /// Ends a running command: results not finished yet get `leftover` with `error`, then the
     /// command gets `status`, in one transaction. `false` if it was not running any more.
-    #[tracing::instrument(skip_all, fields(command_id = %command_id, status = %status))]
+    #[tracing::instrument(level = "debug", skip_all, fields(command_id = %command_id, status = %status))]
     pub async fn finish_command(
         &self,
         command_id: Uuid,
@@ -286,7 +286,7 @@ impl Store {
     }
 
     /// Flags a running command for cancellation; `None` when it is not running (or not there).
-    #[tracing::instrument(skip_all, fields(command_id = %command_id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(command_id = %command_id))]
     pub async fn request_command_cancel(
         &self,
         deployment_id: Uuid,
@@ -308,7 +308,7 @@ impl Store {
     /// Marks every running command `interrupted` (and its unfinished results), at the start of
     /// an embedded backend: whatever was running belonged to the process that died. Returns how
     /// many commands it marked.
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     /// Marks `interrupted` the running commands whose runner's lease lapsed before `now` (with
     /// `all_running`, every running command: at the start of the one embedded process they are
     /// all leftovers), keeping the results that had arrived.

@@ -106,7 +106,7 @@ fn status_list(statuses: &[DeploymentStatus]) -> String {
 impl Store {
     /// Creates a deployment and its first run in one transaction. A reused idempotency key is
     /// `Conflict("deployments_owner_idempotency_key")`.
-    #[tracing::instrument(skip_all, fields(deployment_id = %deployment.id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %deployment.id))]
     pub async fn create_deployment(
         &self,
         deployment: &DeploymentRow,
@@ -142,7 +142,7 @@ impl Store {
     }
 
     /// A deployment of `owner_id`; another owner's deployment is `None`, exactly like a missing one.
-    #[tracing::instrument(skip_all, fields(deployment_id = %id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %id))]
     pub async fn find_deployment(
         &self,
         owner_id: Uuid,
@@ -158,14 +158,14 @@ impl Store {
     }
 
     /// A deployment whatever its owner, for the run worker.
-    #[tracing::instrument(skip_all, fields(deployment_id = %id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %id))]
     pub async fn deployment(&self, id: Uuid) -> StoreResult<Option<DeploymentRow>> {
         let sql = format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE id = $1");
         Ok(on_db!(self, |pool| sqlx::query_as(&sql).bind(id).fetch_optional(pool).await)?)
     }
 
     /// An owner's deployments of a provider that are not destroyed (for per-user limits).
-    #[tracing::instrument(skip_all, fields(owner_id = %owner_id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(owner_id = %owner_id))]
     pub async fn live_deployments_of(
         &self,
         owner_id: Uuid,
@@ -182,7 +182,7 @@ impl Store {
             .await)?)
     }
 
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn find_deployment_by_idempotency_key(
         &self,
         owner_id: Uuid,
@@ -198,34 +198,9 @@ impl Store {
             .await)?)
     }
 
-    /// The owner's deployments, newest first (ids are time-ordered UUIDv7).
-    #[tracing::instrument(skip_all)]
-    pub async fn list_deployments(
-        &self,
-        owner_id: Uuid,
-        query: &DeploymentQuery,
-    ) -> StoreResult<Vec<DeploymentRow>> {
-        let sql = format!(
-            "SELECT {DEPLOYMENT_COLUMNS} FROM deployments \
-             WHERE owner_id = $1 AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR id < $3) \
-             AND ($4 IS NULL OR name = $4) ORDER BY id DESC LIMIT $5"
-        );
-        let status = query.status.map(DeploymentStatus::as_str);
-        Ok(on_db!(self, |pool| {
-            sqlx::query_as(&sql)
-                .bind(owner_id)
-                .bind(status)
-                .bind(query.before)
-                .bind(query.name.as_deref())
-                .bind(i64::from(query.limit))
-                .fetch_all(pool)
-                .await
-        })?)
-    }
-
     /// Moves a deployment to `to` if it is in one of `from`; `false` when it was not (someone
     /// else moved it first). Never read-then-write.
-    #[tracing::instrument(skip_all, fields(deployment_id = %id, to = %to))]
+    #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %id, to = %to))]
     pub async fn transition_deployment(
         &self,
         id: Uuid,
@@ -257,7 +232,7 @@ impl Store {
     /// Queues `run` (a destroy) and moves the deployment to `destroying`, in one transaction.
     /// `Ok(false)` when the deployment is not in a destroyable state; a run already queued or
     /// running is `Conflict("runs_one_active_per_deployment")`.
-    #[tracing::instrument(skip_all, fields(deployment_id = %run.deployment_id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %run.deployment_id))]
     pub async fn queue_destroy(&self, run: &RunRow, now: DateTime<Utc>) -> StoreResult<bool> {
         let from = DeploymentStatus::DESTROYABLE;
         let sql = format!(
@@ -286,7 +261,7 @@ impl Store {
     }
 
     /// Replaces a deployment's machines with those of its latest Terraform outputs.
-    #[tracing::instrument(skip_all, fields(deployment_id = %deployment_id, count = machines.len()))]
+    #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %deployment_id, count = machines.len()))]
     pub async fn replace_machines(
         &self,
         deployment_id: Uuid,
@@ -323,7 +298,7 @@ impl Store {
         .map_err(|err| StoreError::classify(err, &["machines_deployment_name_key"]))
     }
 
-    #[tracing::instrument(skip_all, fields(deployment_id = %deployment_id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %deployment_id))]
     pub async fn list_machines(&self, deployment_id: Uuid) -> StoreResult<Vec<MachineRow>> {
         let sql = format!(
             "SELECT {MACHINE_COLUMNS} FROM machines WHERE deployment_id = $1 ORDER BY name"
@@ -333,7 +308,7 @@ impl Store {
 
     /// Every ready deployment and the machines of each, for the health checker (two queries
     /// whatever the number of deployments).
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn ready_deployments_with_machines(
         &self,
     ) -> StoreResult<Vec<(DeploymentRow, Vec<MachineRow>)>> {
@@ -366,7 +341,7 @@ impl Store {
     }
 
     /// A machine answered (a command ran on it): healthy, seen now; its facts are kept.
-    #[tracing::instrument(skip_all, fields(deployment_id = %deployment_id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %deployment_id))]
     pub async fn mark_machine_seen(
         &self,
         deployment_id: Uuid,
@@ -390,7 +365,7 @@ impl Store {
     }
 
     /// Records what the health checker saw of a machine.
-    #[tracing::instrument(skip_all, fields(machine_id = %id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(machine_id = %id))]
     pub async fn record_machine_health(
         &self,
         id: Uuid,
@@ -414,55 +389,5 @@ impl Store {
             .map(|done| done.rows_affected())
         })?;
         Ok(())
-    }
-}
-
-/// The statements `GET /infrastructure/{id}` and `GET /infrastructure?limit=` run, with their
-/// arguments written in as Postgres literals: what the HTTP benchmark hands `pgbench` as the
-/// database's own ceiling for those endpoints. Kept beside the queries so the two cannot drift.
-pub mod bench_sql {
-    use super::{DEPLOYMENT_COLUMNS, MACHINE_COLUMNS};
-
-    fn literal(sql: &str, args: &[&str]) -> String {
-        // Highest placeholder first, so `$1` does not match the start of `$10`.
-        args.iter().enumerate().rev().fold(sql.to_owned(), |sql, (i, arg)| {
-            sql.replace(&format!("${}", i + 1), arg)
-        })
-    }
-
-    /// One transaction's statements for the deployment `id` of `owner`.
-    pub fn get_deployment(id: &str, owner: &str) -> String {
-        let (id, owner) = (format!("'{id}'::uuid"), format!("'{owner}'::uuid"));
-        [
-            literal(
-                &format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE id = $1 AND owner_id = $2"),
-                &[&id, &owner],
-            ),
-            literal(
-                &format!("SELECT {MACHINE_COLUMNS} FROM machines WHERE deployment_id = $1 ORDER BY name"),
-                &[&id],
-            ),
-            literal(
-                &format!(
-                    "SELECT {} FROM runs WHERE deployment_id = $1 AND ($2 IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
-                    super::super::runs::RUN_COLUMNS
-                ),
-                &[&id, "NULL::uuid", "1"],
-            ),
-        ]
-        .join(";\n")
-            + ";\n"
-    }
-
-    /// The first page of `owner`'s deployments.
-    pub fn list_deployments(owner: &str, limit: u32) -> String {
-        literal(
-            &format!(
-                "SELECT {DEPLOYMENT_COLUMNS} FROM deployments \
-                 WHERE owner_id = $1 AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR id < $3) \
-                 AND ($4 IS NULL OR name = $4) ORDER BY id DESC LIMIT $5"
-            ),
-            &[&format!("'{owner}'::uuid"), "NULL::text", "NULL::uuid", "NULL::text", &limit.to_string()],
-        ) + ";\n"
     }
 }

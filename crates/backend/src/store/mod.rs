@@ -12,7 +12,9 @@ mod commands;
 mod deployments;
 mod runs;
 mod sessions;
+mod sqlite_reads;
 mod users;
+mod views;
 
 use std::{str::FromStr, time::Duration};
 
@@ -25,12 +27,12 @@ use sqlx::{
 
 pub use commands::{CommandResultRow, CommandRow, CommandsPage};
 pub use deployments::{
-    bench_sql,
     DeploymentQuery, DeploymentRow, DeploymentStatusText, MachineRow, NewMachine,
 };
 pub use runs::{RunEventRow, RunRow};
 pub use sessions::{AuthSessionRow, RefreshOutcome, SessionSelector};
 pub use users::UserRow;
+pub use views::{DeploymentDetail, DeploymentSummary, bench_sql};
 
 /// Runs `$body` with `$pool` bound to the active database's pool. The body is expanded once per
 /// database, so it is type-checked against each driver while its SQL text stays shared.
@@ -150,6 +152,9 @@ pub(crate) enum Db {
 
 /// The Postgres schema holding our tables (Supabase exposes `public` through its REST API).
 pub const PG_SCHEMA: &str = "nim";
+
+/// How long a pooled Postgres connection may sit idle before its next use is preceded by a ping.
+const PG_IDLE_PING_AFTER: Duration = Duration::from_secs(10);
 /// The `NOTIFY` channel carrying deployment ids of new run events between replicas.
 const EVENTS_CHANNEL: &str = "nim_run_events";
 /// Advisory lock key serialising schema creation and migrations across replicas ("nim-migrate").
@@ -159,15 +164,18 @@ const MIGRATION_LOCK: i64 = 0x6e69_6d2d_6d69_6772;
 #[derive(Clone, Debug)]
 pub struct Store {
     db: Db,
+    /// The embedded database's on-thread read path (none for Postgres or an in-memory file).
+    reads: Option<std::sync::Arc<sqlite_reads::SqliteReads>>,
 }
 
 impl Store {
     /// Connects to `url` and brings the schema up to date.
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn connect(url: &SecretString, max_connections: u32) -> anyhow::Result<Self> {
         use anyhow::Context;
         let raw = url.expose_secret();
         let redacted = crate::config::redact_database_url(url);
+        let mut reads = None;
         let db = if raw.starts_with("sqlite:") {
             let options = SqliteConnectOptions::from_str(raw)
                 .with_context(|| format!("invalid SQLite database URL {redacted}"))?;
@@ -178,23 +186,43 @@ impl Store {
                 .synchronous(SqliteSynchronous::Normal)
                 .foreign_keys(true)
                 .busy_timeout(Duration::from_secs(5));
+            // No ping before each use: a local file does not drop connections, and the ping
+            // would be a second round trip to the connection's worker thread per query.
             let pool = SqlitePoolOptions::new()
                 .max_connections(max_connections)
                 .acquire_timeout(Duration::from_secs(5))
-                .connect_with(options)
+                .test_before_acquire(false)
+                .connect_with(options.clone())
                 .await
                 .with_context(|| format!("failed to open the database {redacted}"))?;
             let migrated = sqlx::migrate!("migrations/sqlite").run(&pool).await;
             migrated.map_err(|err| migration_error(err, &redacted))?;
+            if !raw.contains(":memory:") && !raw.contains("mode=memory") {
+                reads = Some(std::sync::Arc::new(sqlite_reads::SqliteReads::new(
+                    options.get_filename().to_path_buf(),
+                )));
+            }
             Db::Sqlite(pool)
         } else if raw.starts_with("postgres:") || raw.starts_with("postgresql:") {
             let options = PgConnectOptions::from_str(raw)
                 .with_context(|| format!("invalid Postgres database URL {redacted}"))?
                 .options([("search_path", PG_SCHEMA)])
                 .application_name("nim-backend");
+            // A ping only for a connection that sat idle (a server restart or a pooler's idle
+            // timeout may have closed it meanwhile): a busy pool's connections are known alive,
+            // and a ping per query would double every read's round trips.
             let pool = PgPoolOptions::new()
                 .max_connections(max_connections)
                 .acquire_timeout(Duration::from_secs(5))
+                .test_before_acquire(false)
+                .before_acquire(|conn, meta| {
+                    Box::pin(async move {
+                        if meta.idle_for > PG_IDLE_PING_AFTER {
+                            sqlx::Connection::ping(conn).await?;
+                        }
+                        Ok(true)
+                    })
+                })
                 .connect_with(options)
                 .await
                 .with_context(|| format!("failed to connect to the database {redacted}"))?;
@@ -205,7 +233,7 @@ impl Store {
                 "unsupported DATABASE_URL {redacted}: expected sqlite://… or postgres://…"
             );
         };
-        Ok(Self { db })
+        Ok(Self { db, reads })
     }
 
     /// Tells every replica that `deployment_id` has new run events (Postgres `NOTIFY`; the

@@ -56,7 +56,7 @@ impl RunRow {
     }
 }
 
-pub(super) const RUN_COLUMNS: &str = "id, deployment_id, kind, status, attempt, error, progress_done, \
+const RUN_COLUMNS: &str = "id, deployment_id, kind, status, attempt, error, progress_done, \
     progress_total, lease_owner, lease_expires_at, cancel_requested_at, created_at, started_at, finished_at";
 
 /// One stored event of a run.
@@ -92,7 +92,7 @@ pub(super) use insert_run_query;
 impl Store {
     /// Claims the oldest queued run for `worker`, holding it until `lease_until`. One atomic
     /// conditional UPDATE: two workers can never claim the same run.
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn claim_next_run(
         &self,
         worker: &str,
@@ -136,7 +136,7 @@ impl Store {
 
     /// Ends a running run and moves its deployment, in one transaction. `false` if the run was
     /// not running any more (nothing changes then).
-    #[tracing::instrument(skip_all, fields(run_id = %run_id, status = %status))]
+    #[tracing::instrument(level = "debug", skip_all, fields(run_id = %run_id, status = %status))]
     pub async fn finish_run(
         &self,
         run_id: Uuid,
@@ -192,7 +192,7 @@ impl Store {
     /// Asks a run to stop. A queued run is cancelled on the spot (and its deployment marked
     /// failed); a running one gets `cancel_requested_at`, which its worker acts on. Returns the
     /// run as it is afterwards, or `None` if it is not active.
-    #[tracing::instrument(skip_all, fields(run_id = %run_id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(run_id = %run_id))]
     pub async fn request_cancel(
         &self,
         deployment_id: Uuid,
@@ -254,7 +254,7 @@ impl Store {
 
     /// Running runs whose lease lapsed before `now` (or, with `all_running`, every running run:
     /// at the start of a single embedded process they are all leftovers of a dead one).
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn stale_runs(
         &self,
         now: DateTime<Utc>,
@@ -277,7 +277,7 @@ impl Store {
     /// Marks a running run interrupted and queues `next` in its place, in one transaction, so a
     /// crash in between cannot leave the deployment without its run. `false` if the run was not
     /// running any more.
-    #[tracing::instrument(skip_all, fields(run_id = %run_id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(run_id = %run_id))]
     pub async fn requeue_run(
         &self,
         run_id: Uuid,
@@ -315,7 +315,7 @@ impl Store {
         Ok(())
     }
 
-    #[tracing::instrument(skip_all, fields(deployment_id = %deployment_id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %deployment_id))]
     pub async fn list_runs(
         &self,
         deployment_id: Uuid,

@@ -30,7 +30,7 @@ pub enum RefreshOutcome {
 
 impl Store {
     /// Creates a session with its first refresh token and records the sign-in, in one transaction.
-    #[tracing::instrument(skip_all, fields(user_id = %session.user_id, session_id = %session.id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(user_id = %session.user_id, session_id = %session.id))]
     pub async fn create_session(
         &self,
         session: &AuthSessionRow,
@@ -76,7 +76,7 @@ impl Store {
     ///
     /// Each step is a conditional update, so of two concurrent uses of one token exactly one
     /// rotates it; the other is treated as reuse.
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn rotate_refresh_token(
         &self,
         old_hash: &[u8],
@@ -149,7 +149,7 @@ impl Store {
 
     /// Revokes sessions of `user_id`: only `session_id` (`Only`), all of them (`All`), or all but
     /// `session_id` (`AllBut`). Returns how many were live.
-    #[tracing::instrument(skip_all, fields(user_id = %user_id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(user_id = %user_id))]
     pub async fn revoke_sessions(
         &self,
         user_id: Uuid,
@@ -176,7 +176,7 @@ impl Store {
     }
 
     /// Whether `session_id` belongs to `user_id` and is neither revoked nor expired.
-    #[tracing::instrument(skip_all, fields(session_id = %session_id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(session_id = %session_id))]
     pub async fn session_is_live(
         &self,
         session_id: Uuid,

@@ -22,7 +22,7 @@ const USER_COLUMNS: &str =
 
 impl Store {
     /// Inserts a new user; a taken email is `Conflict("users_email_key")`.
-    #[tracing::instrument(skip_all, fields(user_id = %user.id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(user_id = %user.id))]
     pub async fn insert_user(&self, user: &UserRow) -> StoreResult<()> {
         on_db!(self, |pool| {
             sqlx::query(
@@ -46,13 +46,13 @@ impl Store {
         Ok(())
     }
 
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn find_user_by_email(&self, email: &str) -> StoreResult<Option<UserRow>> {
         let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE email = $1");
         Ok(on_db!(self, |pool| sqlx::query_as(&sql).bind(email).fetch_optional(pool).await)?)
     }
 
-    #[tracing::instrument(skip_all, fields(user_id = %id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(user_id = %id))]
     pub async fn find_user(&self, id: Uuid) -> StoreResult<Option<UserRow>> {
         let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1");
         Ok(on_db!(self, |pool| sqlx::query_as(&sql).bind(id).fetch_optional(pool).await)?)
