@@ -111,7 +111,7 @@ impl Application {
             auth,
             auth_rate_limiter: Arc::new(AuthRateLimiter::per_minute(per_minute)),
             client_addr: ClientAddrSource { trust_forwarded_for: config.trust_forwarded_for },
-            provisioning,
+            provisioning: Arc::new(provisioning),
             commands: commands.clone(),
             bus: bus.clone(),
             request_timeout: RequestTimeout(config.request_timeout()),

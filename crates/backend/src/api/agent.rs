@@ -2,6 +2,8 @@
 //! Unauthenticated (a booting machine holds no user token, and the binary holds no secret);
 //! machines check the SHA-256 their user data carries, also sent here as headers.
 
+use std::sync::Arc;
+
 use axum::{
     body::Body,
     extract::State,
@@ -36,7 +38,7 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
         (status = 503, description = "The binary changed on disk since the server started", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn download_agent(
-    State(provisioning): State<Provisioning>,
+    State(provisioning): State<Arc<Provisioning>>,
     Path(target): Path<String>,
 ) -> Result<Response, ApiError> {
     let distribution = &provisioning.agent_distribution;

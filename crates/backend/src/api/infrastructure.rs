@@ -2,7 +2,7 @@
 //! Handlers validate the HTTP shape and leave the rest to the deployment service; everything
 //! about another user's deployment is a 404.
 
-use std::{collections::VecDeque, convert::Infallible, time::Duration};
+use std::{collections::VecDeque, convert::Infallible, sync::Arc, time::Duration};
 
 use axum::{
     extract::State,
@@ -176,7 +176,7 @@ pub(super) fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn list_providers(
-    State(provisioning): State<Provisioning>,
+    State(provisioning): State<Arc<Provisioning>>,
     _user: AuthUser,
 ) -> Json<ProvidersResponse> {
     let providers = provisioning
@@ -222,7 +222,7 @@ async fn list_providers(
         (status = 503, description = "`terraform_unavailable`, or `agent_download_unavailable` (a cloud provider without `NIM_PUBLIC_URL` or a servable agent binary)", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn provision(
-    State(provisioning): State<Provisioning>,
+    State(provisioning): State<Arc<Provisioning>>,
     State(timeouts): State<RequestTimeout>,
     user: AuthUser,
     Query(params): Query<ProvisionParams>,
@@ -282,7 +282,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn list_deployments(
-    State(provisioning): State<Provisioning>,
+    State(provisioning): State<Arc<Provisioning>>,
     user: AuthUser,
     Query(params): Query<ListParams>,
 ) -> Result<Json<DeploymentPage>, ApiError> {
@@ -304,7 +304,7 @@ async fn list_deployments(
         (status = 404, description = "No such deployment of yours", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn get_deployment(
-    State(provisioning): State<Provisioning>,
+    State(provisioning): State<Arc<Provisioning>>,
     user: AuthUser,
     Path(id): Path<Uuid>,
 ) -> Result<Json<DeploymentView>, ApiError> {
@@ -330,7 +330,7 @@ async fn get_deployment(
         (status = 409, description = "Another run is active, or it is already destroyed", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn destroy_deployment(
-    State(provisioning): State<Provisioning>,
+    State(provisioning): State<Arc<Provisioning>>,
     user: AuthUser,
     Path(id): Path<Uuid>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -351,7 +351,7 @@ async fn destroy_deployment(
         (status = 404, description = "No such deployment of yours", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn list_runs(
-    State(provisioning): State<Provisioning>,
+    State(provisioning): State<Arc<Provisioning>>,
     user: AuthUser,
     Path(id): Path<Uuid>,
     Query(params): Query<PageParams>,
@@ -372,7 +372,7 @@ async fn list_runs(
         (status = 404, description = "No such run of yours", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn get_run(
-    State(provisioning): State<Provisioning>,
+    State(provisioning): State<Arc<Provisioning>>,
     user: AuthUser,
     Path((id, run_id)): Path<(Uuid, Uuid)>,
 ) -> Result<Json<RunDetail>, ApiError> {
@@ -394,7 +394,7 @@ async fn get_run(
         (status = 409, description = "The run already ended", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn cancel_run(
-    State(provisioning): State<Provisioning>,
+    State(provisioning): State<Arc<Provisioning>>,
     user: AuthUser,
     Path((id, run_id)): Path<(Uuid, Uuid)>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -416,7 +416,7 @@ async fn cancel_run(
         (status = 404, description = "No such deployment of yours", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn stream_events(
-    State(provisioning): State<Provisioning>,
+    State(provisioning): State<Arc<Provisioning>>,
     State(bus): State<EventBus>,
     user: AuthUser,
     Path(id): Path<Uuid>,

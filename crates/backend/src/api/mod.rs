@@ -36,7 +36,7 @@ pub struct AppState {
     pub auth: Arc<dyn AuthService>,
     pub auth_rate_limiter: Arc<AuthRateLimiter>,
     pub client_addr: ClientAddrSource,
-    pub provisioning: Provisioning,
+    pub provisioning: Arc<Provisioning>,
     pub commands: CommandService,
     pub bus: EventBus,
     pub request_timeout: RequestTimeout,
