@@ -3,12 +3,19 @@
 //! and one command across all 200. Ceilings measured in the same run: starting one bare
 //! sandbox (`sandbox.sh true`, network namespace included) and a command through one agent.
 //!
-//! Run as root: `cargo bench -p backend --bench sandbox` (`MACHINES=100` for fewer).
+//! The command fan-out through the API is compared with the machine's own ceiling for it
+//! (`fanout_ceiling.rs`: per machine, a TLS round trip to a server that spawns the same command),
+//! in 3 interleaved rounds; then one deployment's fan-out at several `max_concurrency` values.
+//!
+//! Run as root: `cargo bench -p backend --bench sandbox` (`MACHINES=100` for fewer; 500 by
+//! default, in 10 deployments).
 
 #![allow(unreachable_pub, dead_code)]
 
 #[path = "../tests/api/helpers.rs"]
 mod helpers;
+
+mod fanout_ceiling;
 
 use std::time::{Duration, Instant};
 
@@ -95,7 +102,7 @@ fn bare_sandbox() -> Duration {
 
 #[tokio::main]
 async fn main() {
-    let total: usize = std::env::var("MACHINES").ok().and_then(|m| m.parse().ok()).unwrap_or(200);
+    let total: usize = std::env::var("MACHINES").ok().and_then(|m| m.parse().ok()).unwrap_or(500);
     let deployments = total.div_ceil(PER_DEPLOYMENT);
     let app = app()
         .provisioning()
@@ -136,28 +143,54 @@ async fn main() {
     }
     let available_after = mem_available();
 
-    // One command on every machine of every deployment at once.
-    let command = json!({"shell": "echo $NIM_MACHINE; uname -r", "max_concurrency": 64});
-    let started_command = Instant::now();
-    let calls = ids.iter().map(|id| {
-        let (app, token, command) = (&app, &token, &command);
+    // One command on every machine of every deployment at once, against the machine's ceiling
+    // for the same fan-out, interleaved.
+    const SHELL: &str = "echo $NIM_MACHINE; uname -r";
+    const CONCURRENCY: usize = 64;
+    let fan_out = |max_concurrency: usize, only: Option<&String>| {
+        let (app, token) = (&app, &token);
+        let ids: Vec<&String> = only.map_or_else(|| ids.iter().collect(), |id| vec![id]);
         async move {
-            let response = app
-                .client
-                .post(app.url(&format!("/infrastructure/{id}/command")))
-                .bearer_auth(token)
-                .timeout(Duration::from_secs(300))
-                .json(command)
-                .send()
-                .await
-                .unwrap();
-            response.json::<Value>().await.unwrap()
+            let command = json!({"shell": SHELL, "max_concurrency": max_concurrency});
+            let started = Instant::now();
+            let calls = ids.iter().map(|id| {
+                let command = &command;
+                async move {
+                    let response = app
+                        .client
+                        .post(app.url(&format!("/infrastructure/{id}/command")))
+                        .bearer_auth(token)
+                        .timeout(Duration::from_secs(300))
+                        .json(command)
+                        .send()
+                        .await
+                        .unwrap();
+                    response.json::<Value>().await.unwrap()
+                }
+            });
+            let results = futures_util::future::join_all(calls).await;
+            let succeeded: u64 =
+                results.iter().map(|r| r["summary"]["succeeded"].as_u64().unwrap_or(0)).sum();
+            (started.elapsed(), succeeded)
         }
-    });
-    let results = futures_util::future::join_all(calls).await;
-    let command_time = started_command.elapsed();
-    let succeeded: u64 =
-        results.iter().map(|r| r["summary"]["succeeded"].as_u64().unwrap_or(0)).sum();
+    };
+    let mut api_times = Vec::new();
+    let mut ceiling_times = Vec::new();
+    let mut succeeded = 0;
+    for _ in 0..3 {
+        let (time, ok) = fan_out(CONCURRENCY, None).await;
+        api_times.push(time);
+        succeeded = ok;
+        ceiling_times.push(fanout_ceiling::measure(SHELL, total, CONCURRENCY * deployments).await);
+    }
+    api_times.sort();
+    ceiling_times.sort();
+    let (command_time, ceiling_time) = (api_times[1], ceiling_times[1]);
+    let mut scaling = Vec::new();
+    for max_concurrency in [5, 10, 25, 50] {
+        let (time, ok) = fan_out(max_concurrency, ids.first()).await;
+        scaling.push((max_concurrency, time, ok));
+    }
     // Ceiling for a command: the same command on one machine alone (median of 5).
     let mut one = Vec::new();
     for _ in 0..5 {
@@ -219,10 +252,30 @@ async fn main() {
         mib(available_before.saturating_sub(available_after))
     );
     println!(
-        "| one command on all {total} ({deployments} commands at once) | {:.2} s, {succeeded}/{total} succeeded | the same command on one machine {:.0} ms | {:.1}× |",
+        "| one command on all {total} ({deployments} commands at once, max_concurrency {CONCURRENCY}; median of 3) | {:.2} s ({:.0} machine-commands/s), {succeeded}/{total} succeeded | the same command on one machine {:.0} ms | {:.1}× |",
         command_time.as_secs_f64(),
+        total as f64 / command_time.as_secs_f64(),
         one.as_secs_f64() * 1e3,
         command_time.as_secs_f64() / one.as_secs_f64()
     );
+    println!(
+        "| the machine's ceiling for that fan-out: {total} TLS round trips to a server spawning the same command, {} at a time (median of 3) | {:.2} s ({:.0}/s) | | API reaches {:.0}% of it |",
+        CONCURRENCY * deployments,
+        ceiling_time.as_secs_f64(),
+        total as f64 / ceiling_time.as_secs_f64(),
+        100.0 * ceiling_time.as_secs_f64() / command_time.as_secs_f64()
+    );
     println!("| destroy all | {:.1} s | | |", destroy_time.as_secs_f64());
+    let n = PER_DEPLOYMENT.min(total);
+    println!("\nOne deployment of {n}: the fan-out's time against N / max_concurrency");
+    println!("| max_concurrency | rounds (N / max_concurrency) | time | per round | succeeded |");
+    println!("|---:|---:|---:|---:|---:|");
+    for (max_concurrency, time, ok) in scaling {
+        let rounds = n.div_ceil(max_concurrency);
+        println!(
+            "| {max_concurrency} | {rounds} | {:.0} ms | {:.1} ms | {ok}/{n} |",
+            time.as_secs_f64() * 1e3,
+            time.as_secs_f64() * 1e3 / rounds as f64
+        );
+    }
 }

@@ -14,7 +14,7 @@ use std::{
 };
 
 use chrono::Utc;
-use futures_util::{StreamExt, stream::FuturesUnordered};
+use futures_util::{FutureExt, StreamExt, stream::FuturesUnordered};
 use sqlx::types::Json;
 use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -586,34 +586,46 @@ async fn execute(
     let mut statuses: Vec<ResultStatus> = Vec::new();
     let mut errors = 0usize;
     let mut stop = None;
+    // Writes are batched: the machines a refill sends to go `running` in one transaction, and
+    // every result that finished meanwhile is recorded in one transaction with the machines'
+    // sign of life. Under load a batch is whatever completed while the previous one was being
+    // written, so writing never throttles the rollout to one transaction per machine.
     loop {
+        let mut sending = Vec::new();
         while stop.is_none() && in_flight.len() < plan.concurrency {
             if errors >= plan.max_errors {
                 stop = Some(Stop::MaxErrors);
                 break;
             }
             let Some(target) = queue.next() else { break };
-            store
-                .start_command_result(command_id, target.name.clone(), crate::domain::now())
-                .await?;
+            sending.push(target.name.clone());
             in_flight_names.insert(target.name.clone());
             in_flight.push(call(target));
+        }
+        if !sending.is_empty() {
+            store.start_command_results(command_id, sending, crate::domain::now()).await?;
         }
         if in_flight.is_empty() {
             break;
         }
         tokio::select! {
-            Some((started_at, result)) = in_flight.next() => {
-                in_flight_names.remove(&result.machine);
-                let row = result_row(command_id, started_at, result);
-                let status = row.status();
-                errors += usize::from(status.is_error());
-                statuses.push(status);
-                // An answer from the agent is a sign of life: health need not wait its round.
-                if matches!(status, ResultStatus::Succeeded | ResultStatus::Failed) {
-                    store.mark_machine_seen(plan.deployment_id, &row.machine, crate::domain::now()).await?;
+            Some(first) = in_flight.next() => {
+                let mut finished = vec![first];
+                while let Some(Some(more)) = in_flight.next().now_or_never() {
+                    finished.push(more);
                 }
-                store.finish_command_result(row).await?;
+                let rows: Vec<CommandResultRow> = finished
+                    .into_iter()
+                    .map(|(started_at, result)| {
+                        in_flight_names.remove(&result.machine);
+                        let row = result_row(command_id, started_at, result);
+                        let status = row.status();
+                        errors += usize::from(status.is_error());
+                        statuses.push(status);
+                        row
+                    })
+                    .collect();
+                store.finish_command_results(plan.deployment_id, rows, crate::domain::now()).await?;
             }
             () = cancel.cancelled(), if stop.is_none() || stop == Some(Stop::MaxErrors) => {
                 stop = Some(Stop::Cancelled);
@@ -645,26 +657,28 @@ async fn execute(
             "not sent: max_errors machines had already failed",
         ),
     };
-    for machine in in_flight_names {
-        let error = match stopped {
-            ResultStatus::Cancelled => {
-                "cancelled while it ran: the backend hung up and the agent killed the command's process group"
-            }
-            _ => {
-                "the backend shut down while it ran: it hung up and the agent killed the command's process group"
-            }
-        };
-        store
-            .finish_command_result(CommandResultRow {
-                command_id,
-                machine,
-                status: stopped.as_str().to_owned(),
-                error: Some(error.to_owned()),
-                finished_at: Some(now),
-                ..CommandResultRow::default()
-            })
-            .await?;
-        statuses.push(stopped);
+    let error = match stopped {
+        ResultStatus::Cancelled => {
+            "cancelled while it ran: the backend hung up and the agent killed the command's process group"
+        }
+        _ => {
+            "the backend shut down while it ran: it hung up and the agent killed the command's process group"
+        }
+    };
+    let hung_up: Vec<CommandResultRow> = in_flight_names
+        .into_iter()
+        .map(|machine| CommandResultRow {
+            command_id,
+            machine,
+            status: stopped.as_str().to_owned(),
+            error: Some(error.to_owned()),
+            finished_at: Some(now),
+            ..CommandResultRow::default()
+        })
+        .collect();
+    statuses.extend(hung_up.iter().map(|_| stopped));
+    if !hung_up.is_empty() {
+        store.finish_command_results(plan.deployment_id, hung_up, now).await?;
     }
     statuses.extend(queue.map(|_| leftover));
     let status = CommandStatus::roll_up(&statuses);

@@ -6,7 +6,7 @@ use sqlx::types::Json;
 use uuid::Uuid;
 
 use super::{Store, StoreError, StoreResult, on_db};
-use crate::domain::{CommandStatus, ResultStatus};
+use crate::domain::{CommandStatus, MachineStatus, ResultStatus};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct CommandRow {
@@ -193,54 +193,89 @@ impl Store {
         })?)
     }
 
-    /// Marks a pending result `running`.
-    pub async fn start_command_result(
+    /// Marks pending results `running`: the machines a rollout just sent the command to, in one
+    /// transaction.
+    #[tracing::instrument(level = "debug", skip_all, fields(command_id = %command_id, count = machines.len()))]
+    pub async fn start_command_results(
         &self,
         command_id: Uuid,
-        machine: String,
+        machines: Vec<String>,
         now: DateTime<Utc>,
     ) -> StoreResult<()> {
-        on_db!(self, |pool| {
-            sqlx::query(
-                "UPDATE command_results SET status = 'running', started_at = $1 \
-                 WHERE command_id = $2 AND machine = $3 AND status = 'pending'",
-            )
-            .bind(now)
-            .bind(command_id)
-            .bind(machine)
-            .execute(pool)
-            .await
-            .map(|done| done.rows_affected())
-        })?;
+        on_db!(self, |pool| async {
+            let mut tx = pool.begin().await?;
+            for machine in machines {
+                sqlx::query(
+                    "UPDATE command_results SET status = 'running', started_at = $1 \
+                     WHERE command_id = $2 AND machine = $3 AND status = 'pending'",
+                )
+                .bind(now)
+                .bind(command_id)
+                .bind(machine)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await
+        }
+        .await)?;
         Ok(())
     }
 
-    /// Records how one machine's part ended, unless it already had (never overwrites a final
-    /// status).
-    pub async fn finish_command_result(&self, result: CommandResultRow) -> StoreResult<()> {
-        on_db!(self, |pool| {
-            sqlx::query(
-                "UPDATE command_results SET status = $1, exit_code = $2, signal = $3, stdout = $4, \
-                 stderr = $5, truncated = $6, duration_ms = $7, error = $8, \
-                 started_at = COALESCE(started_at, $9), finished_at = $10 \
-                 WHERE command_id = $11 AND machine = $12 AND status IN ('pending', 'running')",
-            )
-            .bind(result.status)
-            .bind(result.exit_code)
-            .bind(result.signal)
-            .bind(result.stdout)
-            .bind(result.stderr)
-            .bind(result.truncated)
-            .bind(result.duration_ms)
-            .bind(result.error)
-            .bind(result.started_at)
-            .bind(result.finished_at)
-            .bind(result.command_id)
-            .bind(result.machine)
-            .execute(pool)
-            .await
-            .map(|done| done.rows_affected())
-        })?;
+    /// Records how machines' parts ended, unless they already had (never overwrites a final
+    /// status), in one transaction; a machine whose agent answered (`succeeded` or `failed`) is
+    /// also marked healthy and seen now. A rollout writes its results in batches: whatever
+    /// finished while the previous batch was being written.
+    #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %deployment_id, count = results.len()))]
+    pub async fn finish_command_results(
+        &self,
+        deployment_id: Uuid,
+        results: Vec<CommandResultRow>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        on_db!(self, |pool| async {
+            let mut tx = pool.begin().await?;
+            for result in results {
+                let answered = matches!(
+                    result.status(),
+                    ResultStatus::Succeeded | ResultStatus::Failed
+                );
+                let machine = result.machine.clone();
+                sqlx::query(
+                    "UPDATE command_results SET status = $1, exit_code = $2, signal = $3, \
+                     stdout = $4, stderr = $5, truncated = $6, duration_ms = $7, error = $8, \
+                     started_at = COALESCE(started_at, $9), finished_at = $10 \
+                     WHERE command_id = $11 AND machine = $12 AND status IN ('pending', 'running')",
+                )
+                .bind(result.status)
+                .bind(result.exit_code)
+                .bind(result.signal)
+                .bind(result.stdout)
+                .bind(result.stderr)
+                .bind(result.truncated)
+                .bind(result.duration_ms)
+                .bind(result.error)
+                .bind(result.started_at)
+                .bind(result.finished_at)
+                .bind(result.command_id)
+                .bind(result.machine)
+                .execute(&mut *tx)
+                .await?;
+                if answered {
+                    sqlx::query(
+                        "UPDATE machines SET status = $1, last_seen_at = $2, updated_at = $2 \
+                         WHERE deployment_id = $3 AND name = $4",
+                    )
+                    .bind(MachineStatus::Healthy.as_str())
+                    .bind(now)
+                    .bind(deployment_id)
+                    .bind(machine)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+            tx.commit().await
+        }
+        .await)?;
         Ok(())
     }
 

@@ -340,30 +340,6 @@ impl Store {
             .collect())
     }
 
-    /// A machine answered (a command ran on it): healthy, seen now; its facts are kept.
-    #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %deployment_id))]
-    pub async fn mark_machine_seen(
-        &self,
-        deployment_id: Uuid,
-        name: &str,
-        now: DateTime<Utc>,
-    ) -> StoreResult<()> {
-        on_db!(self, |pool| {
-            sqlx::query(
-                "UPDATE machines SET status = $1, last_seen_at = $2, updated_at = $2 \
-                 WHERE deployment_id = $3 AND name = $4",
-            )
-            .bind(MachineStatus::Healthy.as_str())
-            .bind(now)
-            .bind(deployment_id)
-            .bind(name)
-            .execute(pool)
-            .await
-            .map(|done| done.rows_affected())
-        })?;
-        Ok(())
-    }
-
     /// Records what the health checker saw of a machine.
     #[tracing::instrument(level = "debug", skip_all, fields(machine_id = %id))]
     pub async fn record_machine_health(
