@@ -131,8 +131,11 @@ fn title(code: &str) -> String {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if let Self::Internal(cause) = &self {
-            // The request id is a field of the enclosing request span.
-            tracing::error!(error = format!("{cause:#}"), "request failed");
+            tracing::error!(
+                request_id = super::router::current_request_id(),
+                error = format!("{cause:#}"),
+                "internal error"
+            );
         }
         let problem = self.problem();
         let status =
@@ -189,7 +192,11 @@ impl From<AuthError> for ApiError {
             AuthError::UserBanned => Self::Forbidden { code: "user_banned", detail },
             AuthError::RateLimited { retry_after } => Self::RateLimited { retry_after },
             AuthError::Unavailable(cause) => {
-                tracing::warn!(error = format!("{cause:#}"), "auth dependency unavailable");
+                tracing::warn!(
+                    request_id = super::router::current_request_id(),
+                    error = format!("{cause:#}"),
+                    "auth dependency unavailable"
+                );
                 Self::Unavailable {
                     code: "auth_unavailable",
                     detail: "authentication is temporarily unavailable; try again shortly".into(),
@@ -258,7 +265,11 @@ impl From<crate::store::StoreError> for ApiError {
     fn from(err: crate::store::StoreError) -> Self {
         match err {
             crate::store::StoreError::Unavailable(cause) => {
-                tracing::warn!(error = %cause, "database unavailable");
+                tracing::warn!(
+                    request_id = super::router::current_request_id(),
+                    error = %cause,
+                    "database unavailable"
+                );
                 Self::Unavailable {
                     code: "database_unavailable",
                     detail: "the database is temporarily unavailable; try again shortly".into(),
@@ -276,6 +287,7 @@ impl From<crate::store::StoreError> for ApiError {
 /// read-only. Reads keep working; the same request works again once the disk does.
 fn storage_unavailable(cause: &anyhow::Error) -> ApiError {
     tracing::error!(
+        request_id = super::router::current_request_id(),
         error = format!("{cause:#}"),
         "storage refuses writes (disk full or read-only)"
     );

@@ -100,7 +100,10 @@ pub fn router(state: AppState, config: &Config) -> Router {
                         .get::<RequestId>()
                         .and_then(|id| id.header_value().to_str().ok())
                         .unwrap_or_default();
-                    tracing::info_span!(
+                    // `debug`: at `info` the span (its fields formatted for every request) cost
+                    // 40% of `/healthz`'s throughput. Error lines carry the request id through
+                    // `request_context` instead.
+                    tracing::debug_span!(
                         "request",
                         method = %request.method(),
                         path = %request.uri().path(),
@@ -108,10 +111,11 @@ pub fn router(state: AppState, config: &Config) -> Router {
                     )
                 })
                 // One line per request only at `debug`: at `info` it was the largest cost of a
-                // cheap read. 5xx answers are logged at `error` by the failure hook.
+                // cheap read. 5xx answers are logged at `error` by `request_context`.
                 .on_response(DefaultOnResponse::new().level(tracing::Level::DEBUG))
-                .on_failure(DefaultOnFailure::new().level(tracing::Level::ERROR)),
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
         )
+        .layer(middleware::from_fn(request_context))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(tower::util::option_layer(cors(&config.cors_origins)))
@@ -137,6 +141,36 @@ pub fn machine_router(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(CatchPanicLayer::custom(panic_response))
         .with_state(state)
+}
+
+tokio::task_local! {
+    /// The request id of the request this task serves.
+    static CURRENT_REQUEST_ID: HeaderValue;
+}
+
+/// The id of the request being served, for the log lines of its errors; empty outside one.
+pub(super) fn current_request_id() -> String {
+    CURRENT_REQUEST_ID.try_with(|id| id.to_str().unwrap_or_default().to_owned()).unwrap_or_default()
+}
+
+/// Makes the request id available to the request's log lines (a task-local: nearly free, unlike
+/// an `info` span) and logs every 5xx answer at `error` with method, path, id, status and time.
+async fn request_context(request: Request, next: Next) -> Response {
+    let id = request.headers().get(REQUEST_ID).cloned().unwrap_or(HeaderValue::from_static(""));
+    let (method, uri) = (request.method().clone(), request.uri().clone());
+    let started = std::time::Instant::now();
+    let response = CURRENT_REQUEST_ID.scope(id.clone(), next.run(request)).await;
+    if response.status().is_server_error() {
+        tracing::error!(
+            method = %method,
+            path = uri.path(),
+            request_id = id.to_str().unwrap_or_default(),
+            status = response.status().as_u16(),
+            latency_ms = started.elapsed().as_millis() as u64,
+            "request failed"
+        );
+    }
+    response
 }
 
 /// Request ids for requests that bring none: UUID-shaped, a random 128-bit base fixed at start
