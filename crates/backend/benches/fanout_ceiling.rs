@@ -92,8 +92,6 @@ pub async fn measure(shell: &'static str, n: usize, concurrency: usize) -> Durat
         connections.push(tls);
     }
     let started = std::time::Instant::now();
-    stream::iter(connections.iter_mut())
-        .for_each_concurrent(concurrency, |tls| round_trip(tls))
-        .await;
+    stream::iter(connections.iter_mut()).for_each_concurrent(concurrency, round_trip).await;
     started.elapsed()
 }

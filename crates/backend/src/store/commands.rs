@@ -235,10 +235,8 @@ impl Store {
         on_db!(self, |pool| async {
             let mut tx = pool.begin().await?;
             for result in results {
-                let answered = matches!(
-                    result.status(),
-                    ResultStatus::Succeeded | ResultStatus::Failed
-                );
+                let answered =
+                    matches!(result.status(), ResultStatus::Succeeded | ResultStatus::Failed);
                 let machine = result.machine.clone();
                 sqlx::query(
                     "UPDATE command_results SET status = $1, exit_code = $2, signal = $3, \
