@@ -79,7 +79,8 @@ async fn run() -> anyhow::Result<()> {
     let postgres_db = PostgresDb::create().await;
     let postgres = match &postgres_db {
         Some(db) => {
-            let backend = Backend::start(work.path().join("postgres"), Some(db.url.clone())).await?;
+            let backend =
+                Backend::start(work.path().join("postgres"), Some(db.url.clone())).await?;
             let seed = backend.seed().await?;
             Some((backend, seed))
         }
@@ -108,12 +109,11 @@ async fn run() -> anyhow::Result<()> {
          rounds; {DEPLOYMENTS} deployments of {MACHINES} machines for {USERS} users\n"
     );
     let mut samples: Vec<(String, Vec<WrkResult>)> = Vec::new();
-    let mut record = |label: &str, result: WrkResult| {
-        match samples.iter_mut().find(|(l, _)| l == label) {
+    let mut record =
+        |label: &str, result: WrkResult| match samples.iter_mut().find(|(l, _)| l == label) {
             Some((_, list)) => list.push(result),
             None => samples.push((label.to_owned(), vec![result])),
-        }
-    };
+        };
     let mut pg_samples: Vec<(String, Vec<f64>)> = Vec::new();
     for round in 0..rounds {
         eprintln!("round {} of {rounds}", round + 1);
@@ -125,7 +125,10 @@ async fn run() -> anyhow::Result<()> {
         }
         for (tag, backend, get, list) in targets {
             let base = backend.url();
-            record(&format!("{tag}: GET /healthz"), wrk(&format!("{base}/healthz"), None, seconds)?);
+            record(
+                &format!("{tag}: GET /healthz"),
+                wrk(&format!("{base}/healthz"), None, seconds)?,
+            );
             record(&format!("{tag}: GET /infrastructure/{{id}}"), wrk(&base, Some(get), seconds)?);
             record(
                 &format!("{tag}: GET /infrastructure?limit=50"),
@@ -157,7 +160,11 @@ async fn run() -> anyhow::Result<()> {
     let mut table = String::new();
     writeln!(table, "| endpoint | req/s | vs bare hyper | p99 | database ceiling | vs database |")?;
     writeln!(table, "|---|---:|---:|---:|---:|---:|")?;
-    writeln!(table, "| bare hyper (ceiling) | {:.0} | 100% | {:.1} ms | | |", plain.rps, plain.p99_ms)?;
+    writeln!(
+        table,
+        "| bare hyper (ceiling) | {:.0} | 100% | {:.1} ms | | |",
+        plain.rps, plain.p99_ms
+    )?;
     writeln!(
         table,
         "| bare hyper, wrk running the request script (ceiling of scripted rows) | {:.0} | 100% | {:.1} ms | | |",
@@ -229,7 +236,10 @@ async fn run() -> anyhow::Result<()> {
     );
     println!("| 5 s later | {} | |", mib(settled));
     if let Some((backend, _)) = &postgres {
-        println!("| Postgres backend, idle after the HTTP load | {} | |", mib(rss_kib(backend.child.id())));
+        println!(
+            "| Postgres backend, idle after the HTTP load | {} | |",
+            mib(rss_kib(backend.child.id()))
+        );
     }
     drop(postgres);
     drop(postgres_db);
@@ -275,7 +285,10 @@ impl WrkResult {
 fn wrk_script(requests: &[(String, String)]) -> String {
     let mut script = String::from("local requests = {\n");
     for (path, token) in requests {
-        let _ = writeln!(script, "  wrk.format(\"GET\", \"{path}\", {{Authorization = \"Bearer {token}\"}}),");
+        let _ = writeln!(
+            script,
+            "  wrk.format(\"GET\", \"{path}\", {{Authorization = \"Bearer {token}\"}}),"
+        );
     }
     script.push_str(
         "}\nlocal i = 0\nrequest = function()\n  i = i % #requests + 1\n  return requests[i]\nend\n",
@@ -326,7 +339,9 @@ fn parse_duration_ms(text: &str) -> Option<f64> {
 
 /// The bare hyper server, on its own runtime of 2 worker threads.
 fn start_ceiling() -> anyhow::Result<SocketAddr> {
-    use hyper::{Request, Response, body::Incoming, header, server::conn::http1, service::service_fn};
+    use hyper::{
+        Request, Response, body::Incoming, header, server::conn::http1, service::service_fn,
+    };
     let listener = TcpListener::bind("127.0.0.1:0")?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
@@ -387,7 +402,11 @@ impl Backend {
         let mut command = Command::new(env!("CARGO_BIN_EXE_nim-backend"));
         for (key, _) in std::env::vars_os() {
             let key = key.to_string_lossy();
-            if key.starts_with("NIM_") || key.starts_with("SUPABASE_") || key == "DATABASE_URL" || key == "RUST_LOG" {
+            if key.starts_with("NIM_")
+                || key.starts_with("SUPABASE_")
+                || key == "DATABASE_URL"
+                || key == "RUST_LOG"
+            {
                 command.env_remove(&*key);
             }
         }
@@ -444,7 +463,8 @@ impl Backend {
                 .error_for_status()?
                 .json()
                 .await?;
-            let token = response["session"]["access_token"].as_str().context("an access token")?.to_owned();
+            let token =
+                response["session"]["access_token"].as_str().context("an access token")?.to_owned();
             let id: Uuid = response["user"]["id"].as_str().context("a user id")?.parse()?;
             users.push((id, token));
         }
@@ -519,7 +539,8 @@ impl Drop for Backend {
 }
 
 fn postgres_server() -> String {
-    std::env::var("TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+    std::env::var("TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 
 /// A database of this run, dropped with it.

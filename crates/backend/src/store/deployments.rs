@@ -425,9 +425,10 @@ pub mod bench_sql {
 
     fn literal(sql: &str, args: &[&str]) -> String {
         // Highest placeholder first, so `$1` does not match the start of `$10`.
-        args.iter().enumerate().rev().fold(sql.to_owned(), |sql, (i, arg)| {
-            sql.replace(&format!("${}", i + 1), arg)
-        })
+        args.iter()
+            .enumerate()
+            .rev()
+            .fold(sql.to_owned(), |sql, (i, arg)| sql.replace(&format!("${}", i + 1), arg))
     }
 
     /// One transaction's statements for the deployment `id` of `owner`.
@@ -462,7 +463,13 @@ pub mod bench_sql {
                  WHERE owner_id = $1 AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR id < $3) \
                  AND ($4 IS NULL OR name = $4) ORDER BY id DESC LIMIT $5"
             ),
-            &[&format!("'{owner}'::uuid"), "NULL::text", "NULL::uuid", "NULL::text", &limit.to_string()],
+            &[
+                &format!("'{owner}'::uuid"),
+                "NULL::text",
+                "NULL::uuid",
+                "NULL::text",
+                &limit.to_string(),
+            ],
         ) + ";\n"
     }
 }

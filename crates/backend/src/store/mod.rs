@@ -25,8 +25,7 @@ use sqlx::{
 
 pub use commands::{CommandResultRow, CommandRow, CommandsPage};
 pub use deployments::{
-    bench_sql,
-    DeploymentQuery, DeploymentRow, DeploymentStatusText, MachineRow, NewMachine,
+    DeploymentQuery, DeploymentRow, DeploymentStatusText, MachineRow, NewMachine, bench_sql,
 };
 pub use runs::{RunEventRow, RunRow};
 pub use sessions::{AuthSessionRow, RefreshOutcome, SessionSelector};
