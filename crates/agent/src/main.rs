@@ -17,10 +17,11 @@ fn main() -> anyhow::Result<()> {
             "failed to make the agent non-dumpable (prctl PR_SET_DUMPABLE): commands running as its user can read its /proc/<pid>/environ, mem and fd"
         );
     }
-    // Two workers are plenty for a daemon whose work is waiting on child processes and pipes,
-    // and keep it lean on a many-core machine.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: the agent's work is waiting on sockets, child processes and pipes (the little
+    // blocking work, reading /proc and running nvidia-smi, goes to tokio's blocking pool). A
+    // single thread uses one allocator arena instead of one per worker, which keeps its memory
+    // flat under bursts of TLS connections (BENCHMARKS.md, "Agent footprint").
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("failed to start the async runtime")?;

@@ -147,9 +147,10 @@ async fn main() {
     // for the same fan-out, interleaved.
     const SHELL: &str = "echo $NIM_MACHINE; uname -r";
     const CONCURRENCY: usize = 64;
-    let fan_out = |max_concurrency: usize, only: Option<&String>| {
+    // `only`: the index of the one deployment to command; all of them when `None`.
+    let fan_out = |max_concurrency: usize, only: Option<usize>| {
         let (app, token) = (&app, &token);
-        let ids: Vec<&String> = only.map_or_else(|| ids.iter().collect(), |id| vec![id]);
+        let ids: Vec<&String> = only.map_or_else(|| ids.iter().collect(), |i| vec![&ids[i]]);
         async move {
             let command = json!({"shell": SHELL, "max_concurrency": max_concurrency});
             let started = Instant::now();
@@ -188,7 +189,7 @@ async fn main() {
     let (command_time, ceiling_time) = (api_times[1], ceiling_times[1]);
     let mut scaling = Vec::new();
     for max_concurrency in [5, 10, 25, 50] {
-        let (time, ok) = fan_out(max_concurrency, ids.first()).await;
+        let (time, ok) = fan_out(max_concurrency, Some(0)).await;
         scaling.push((max_concurrency, time, ok));
     }
     // Ceiling for a command: the same command on one machine alone (median of 5).

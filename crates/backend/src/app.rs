@@ -332,7 +332,7 @@ async fn build_provisioning(
         cancel_grace: std::time::Duration::from_secs(config.run_cancel_grace_secs),
         work_queued: Arc::new(tokio::sync::Notify::new()),
         machines_ready: Arc::new(tokio::sync::Notify::new()),
-        init_lock: Arc::new(tokio::sync::Mutex::new(())),
+        plugin_cache: Arc::default(),
         state_database: store_is_postgres.then(|| config.database_url()),
     };
     Ok((provisioning, machine_listener))

@@ -21,7 +21,7 @@ use super::{
     certs::mint_deployment_cert,
     cloud_client::{AgentCredentials, AgentTarget},
     local_machines::{LocalMachines, SUBNET_PREFIX},
-    terraform::{Exit, Module, ModuleCatalog, StopSignals, Terraform, Workspace},
+    terraform::{Exit, Module, ModuleCatalog, PluginCache, StopSignals, Terraform, Workspace},
 };
 use crate::{
     domain::{DeploymentStatus, RunKind},
@@ -99,9 +99,9 @@ pub struct Provisioning {
     /// Wakes the health checker when a deployment became ready, so its machines' health and
     /// facts show at once rather than at the next interval.
     pub machines_ready: Arc<Notify>,
-    /// Held around every `terraform init`: the shared plugin cache is not safe for concurrent
-    /// inits (plan and apply only read it).
-    pub init_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Taken around every `terraform init`: alone while an init may write the shared plugin
+    /// cache, beside others once its providers are cached (plan and apply only read it).
+    pub plugin_cache: Arc<PluginCache>,
     /// Local machines on this host: their settings, and whether the host can run them.
     pub local: Arc<LocalMachines>,
     /// Held while a local provision checks the owner's machine limit and creates the
@@ -485,8 +485,13 @@ impl Provisioning {
         let stop = StopSignals { cancel: Default::default(), deadline, grace: self.cancel_grace };
         let (sink, mut messages) = mpsc::unbounded_channel();
         let init = {
-            let _cache = self.init_lock.lock().await;
-            terraform.run(&workspace.module_dir, &init_args(), &env, &stop, &sink).await?
+            let permit = self.plugin_cache.before_init(&workspace.module_dir).await?;
+            let init =
+                terraform.run(&workspace.module_dir, &init_args(), &env, &stop, &sink).await?;
+            if init == Exit::Succeeded {
+                permit.succeeded(&workspace.module_dir);
+            }
+            init
         };
         if let Exit::Failed { summary, .. } = init {
             return Err(DeploymentError::PlanFailed(summary));

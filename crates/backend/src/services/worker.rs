@@ -486,21 +486,22 @@ impl RunWorker {
             env: &env,
             stop: &stop,
             records,
+            outputs: Default::default(),
         };
         for (step, args, retry) in steps {
             let _ = records.send(Record::Step);
             log(records, format!("terraform {step}"));
-            // `init` fills the shared plugin cache and, with Postgres state, creates the state
-            // table and this deployment's named state: none of that is safe to run concurrently,
-            // on this host or across replicas.
-            let setup = matches!(step, "init" | "workspace");
-            let _cache = match setup {
-                true => Some(self.ctx.init_lock.lock().await),
-                false => None,
+            // `init` may fill the shared plugin cache: it runs alone until its provider set is
+            // cached, beside other inits after that (`PluginCache`). With Postgres state, `init`
+            // creates the state table and `workspace` this deployment's named state: neither is
+            // safe to run concurrently across replicas, hence the cluster-wide lock.
+            let permit = match step {
+                "init" => Some(self.ctx.plugin_cache.before_init(&workspace.module_dir).await?),
+                _ => None,
             };
-            let cluster = match setup {
-                true => self.store().advisory_lock(TERRAFORM_SETUP_LOCK).await?,
-                false => None,
+            let cluster = match step {
+                "init" | "workspace" => self.store().advisory_lock(TERRAFORM_SETUP_LOCK).await?,
+                _ => None,
             };
             let exit = match retry {
                 false => runner.run(&args).await,
@@ -511,6 +512,9 @@ impl RunWorker {
             }
             if step == "init" {
                 let _ = std::fs::remove_file(&backend_config);
+            }
+            if let (Some(permit), Ok(Exit::Succeeded)) = (permit, &exit) {
+                permit.succeeded(&workspace.module_dir);
             }
             end = match exit? {
                 Exit::Succeeded => continue,
@@ -541,7 +545,13 @@ impl RunWorker {
                 Ok(RunEnd::Succeeded)
             }
             RunKind::Apply => {
-                let outputs = terraform.outputs(&workspace.module_dir, &env).await?;
+                // `apply -json` prints the outputs when it ends, which saves a `terraform output`
+                // (another Terraform start and state read) unless `machines` is sensitive.
+                let printed = runner.outputs.lock().ok().and_then(|mut o| o.take());
+                let outputs = match printed.filter(|o| o["machines"].get("value").is_some()) {
+                    Some(outputs) => outputs,
+                    None => terraform.outputs(&workspace.module_dir, &env).await?,
+                };
                 let machines = parse_machines(&outputs)?;
                 self.store()
                     .replace_machines(deployment.id, &machines, crate::domain::now())
@@ -680,6 +690,8 @@ struct Steps<'a> {
     env: &'a [(String, SecretString)],
     stop: &'a StopSignals,
     records: &'a mpsc::UnboundedSender<Record>,
+    /// The `outputs` message of the last command that printed one (an apply's).
+    outputs: std::sync::Mutex<Option<Value>>,
 }
 
 /// Pauses between tries of a retried step: about 50 s in all.
@@ -693,14 +705,23 @@ impl Steps<'_> {
         let forward = {
             let records = self.records.clone();
             tokio::spawn(async move {
-                while let Some(message) = messages.recv().await {
+                let mut outputs = None;
+                while let Some(mut message) = messages.recv().await {
+                    if message.kind == "outputs" {
+                        outputs = message.outputs.take();
+                    }
                     let _ = records.send(Record::Terraform(Box::new(message)));
                 }
+                outputs
             })
         };
         let exit = self.terraform.run(self.dir, args, self.env, self.stop, &sink).await;
         drop(sink);
-        let _ = forward.await;
+        if let Ok(Some(outputs)) = forward.await
+            && let Ok(mut last) = self.outputs.lock()
+        {
+            *last = Some(outputs);
+        }
         exit
     }
 

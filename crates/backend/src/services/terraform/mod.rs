@@ -2,12 +2,14 @@
 //! Terraform CLI with its JSON UI streamed into run events.
 
 pub mod module;
+pub mod plugin_cache;
 pub mod runner;
 pub mod types;
 pub mod ui;
 pub mod workspace;
 
 pub use module::{Module, ModuleCatalog, Variable};
+pub use plugin_cache::PluginCache;
 pub(crate) use runner::find_on_path;
 pub use runner::{Exit, StopSignals, Terraform};
 pub use types::TypeConstraint;

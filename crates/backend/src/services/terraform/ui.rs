@@ -24,6 +24,10 @@ pub struct UiMessage {
     pub changes: Option<ChangeSummary>,
     #[serde(default)]
     pub diagnostic: Option<Diagnostic>,
+    /// `outputs` after an apply: `{name: {sensitive, type, value}}`, the shape of `terraform
+    /// output -json`, except that sensitive values are left out.
+    #[serde(default)]
+    pub outputs: Option<Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -91,6 +95,7 @@ impl UiMessage {
             change: None,
             changes: None,
             diagnostic: None,
+            outputs: None,
         })
     }
 
