@@ -454,7 +454,10 @@ struct Tally {
 
 fn before_any_answer(err: &reqwest::Error) -> bool {
     let text = format!("{err:?}");
-    text.contains("SendRequest")
+    // `SendRequest`: the connection failed as the request went out; `Canceled`: hyper's
+    // dispatcher dropped the queued request because its connection was reset first. Either way
+    // `send()` failed, so no response head arrived.
+    (text.contains("SendRequest") || text.contains("Canceled"))
         && (text.contains("IncompleteMessage") || text.contains("ConnectionReset"))
 }
 
