@@ -37,7 +37,12 @@ async fn server(shell: &'static str) -> (SocketAddr, TlsConnector) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("address");
     tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
+        loop {
+            // Out of descriptors is worth a retry, not the end of the server.
+            let Ok((stream, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
                 let Ok(mut tls) = acceptor.accept(stream).await else { return };
@@ -82,6 +87,10 @@ async fn round_trip(tls: &mut TlsStream<TcpStream>) {
 /// Time for `n` machines' worth of round trips, `concurrency` at a time, over connections opened
 /// beforehand (the backend keeps its agent connections open too).
 pub async fn measure(shell: &'static str, n: usize, concurrency: usize) -> Duration {
+    // Both ends of N connections live in this process: 2N descriptors, past the usual 1,024.
+    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .expect("the descriptor limit");
+    let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard);
     let (addr, connector) = server(shell).await;
     let mut connections = Vec::with_capacity(n);
     for _ in 0..n {
