@@ -58,6 +58,7 @@ async fn server(shell: &'static str) -> (SocketAddr, TlsConnector) {
                     let length = u32::try_from(output.stdout.len()).unwrap_or(u32::MAX);
                     if tls.write_all(&length.to_be_bytes()).await.is_err()
                         || tls.write_all(&output.stdout).await.is_err()
+                        || tls.flush().await.is_err()
                     {
                         return;
                     }
@@ -76,7 +77,9 @@ async fn server(shell: &'static str) -> (SocketAddr, TlsConnector) {
 }
 
 async fn round_trip(tls: &mut TlsStream<TcpStream>) {
+    // TLS buffers writes: flush, or the byte never leaves.
     tls.write_all(&[1]).await.expect("request");
+    tls.flush().await.expect("request sent");
     let mut length = [0u8; 4];
     tls.read_exact(&mut length).await.expect("answer length");
     let mut output = vec![0u8; u32::from_be_bytes(length) as usize];
