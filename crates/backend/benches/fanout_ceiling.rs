@@ -43,6 +43,8 @@ async fn server(shell: &'static str) -> (SocketAddr, TlsConnector) {
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             };
+            // Small writes each way: without this Nagle and delayed ACKs add 40 ms per exchange.
+            let _ = stream.set_nodelay(true);
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
                 let Ok(mut tls) = acceptor.accept(stream).await else { return };
@@ -98,6 +100,7 @@ pub async fn measure(shell: &'static str, n: usize, concurrency: usize) -> Durat
     let mut connections = Vec::with_capacity(n);
     for _ in 0..n {
         let tcp = TcpStream::connect(addr).await.expect("connect");
+        tcp.set_nodelay(true).expect("nodelay");
         let name = ServerName::try_from("ceiling.local").expect("a name");
         let mut tls = connector.connect(name, tcp).await.expect("handshake");
         round_trip(&mut tls).await; // warm: the first exchange is not timed
