@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, value::RawValue};
 use uuid::Uuid;
 
 use crate::status::{DeploymentStatus, MachineStatus, RunKind, RunStatus};
@@ -106,9 +106,10 @@ pub struct DeploymentView {
     pub status: DeploymentStatus,
     /// Why it failed, when it did.
     pub status_reason: Option<String>,
-    /// The non-sensitive variables it was provisioned with.
+    /// The non-sensitive variables it was provisioned with: a JSON object, passed through from
+    /// storage as it is (the backend never parses it to answer a read).
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
-    pub variables: Map<String, Value>,
+    pub variables: Box<RawValue>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     /// Present on `GET /infrastructure/{id}`.

@@ -34,6 +34,9 @@ pub(super) struct ReadinessResponse {
 }
 
 /// Liveness: the process is up and serving.
+/// The liveness probe's path.
+pub(super) const LIVENESS_PATH: &str = "/healthz";
+
 #[utoipa::path(get, path = "/healthz", tag = "health",
     responses((status = 200, description = "Alive", body = HealthResponse)))]
 async fn check_health() -> Json<HealthResponse> {

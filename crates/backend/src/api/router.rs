@@ -231,9 +231,11 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
 
 /// Routes the request time limit does not apply to, each bounded some other way: a waiting
 /// command lasts as long as its command (at most `timeout_s` per machine and round of
-/// `max_concurrency`). (Streams such as SSE need no entry: the limit ends when the response
-/// head is sent.)
-const UNTIMED_ROUTES: &[(Method, &str)] = &[(Method::POST, commands::SEND_COMMAND_PATH)];
+/// `max_concurrency`); the liveness probe awaits nothing, and a timer registration per probe
+/// was the largest cost left on it (measured: BENCHMARKS.md). (Streams such as SSE need no
+/// entry: the limit ends when the response head is sent.)
+const UNTIMED_ROUTES: &[(Method, &str)] =
+    &[(Method::POST, commands::SEND_COMMAND_PATH), (Method::GET, health::LIVENESS_PATH)];
 
 /// Answers 503 `request_timeout` when a request outlives the configured limit. Dropping the
 /// handler's future cancels its work at the next await point. The layer runs after routing, so

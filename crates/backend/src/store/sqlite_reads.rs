@@ -83,6 +83,8 @@ pub(super) trait RowExt {
     fn opt_uuid(&self, index: usize) -> rusqlite::Result<Option<Uuid>>;
     fn time(&self, index: usize) -> rusqlite::Result<DateTime<Utc>>;
     fn opt_time(&self, index: usize) -> rusqlite::Result<Option<DateTime<Utc>>>;
+    /// A JSON column as it is stored (checked to be JSON, not parsed into values).
+    fn raw_json(&self, index: usize) -> rusqlite::Result<Box<serde_json::value::RawValue>>;
     fn json<T: serde::de::DeserializeOwned>(&self, index: usize) -> rusqlite::Result<Option<T>>;
 }
 
@@ -118,6 +120,12 @@ impl RowExt for Row<'_> {
         .transpose()
     }
 
+    /// A JSON column as it is stored (checked to be JSON, not parsed into values).
+    fn raw_json(&self, index: usize) -> rusqlite::Result<Box<serde_json::value::RawValue>> {
+        let text: String = self.get(index)?;
+        serde_json::value::RawValue::from_string(text).map_err(|err| conversion(index, err))
+    }
+
     fn json<T: serde::de::DeserializeOwned>(&self, index: usize) -> rusqlite::Result<Option<T>> {
         let text: Option<String> = self.get(index)?;
         text.map(|t| serde_json::from_str(&t).map_err(|err| conversion(index, err))).transpose()
@@ -135,7 +143,7 @@ pub(super) fn summary(row: &Row<'_>) -> rusqlite::Result<DeploymentSummary> {
             conversion(3, std::io::Error::new(std::io::ErrorKind::InvalidData, err))
         })?,
         status_reason: row.get(4)?,
-        variables: Json(row.json(5)?.unwrap_or_default()),
+        variables: Json(row.raw_json(5)?),
         created_at: row.time(6)?,
         updated_at: row.time(7)?,
     })

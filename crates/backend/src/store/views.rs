@@ -3,7 +3,7 @@
 //! secrets, certificate or backend variables).
 
 use chrono::{DateTime, Utc};
-use serde_json::Value;
+use serde_json::{Value, value::RawValue};
 use sqlx::types::Json;
 use uuid::Uuid;
 
@@ -22,7 +22,8 @@ pub struct DeploymentSummary {
     #[sqlx(try_from = "String")]
     pub status: DeploymentStatusText,
     pub status_reason: Option<String>,
-    pub variables: Json<serde_json::Map<String, Value>>,
+    /// The object as stored: responses pass it through unparsed.
+    pub variables: Json<Box<RawValue>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -41,7 +42,9 @@ impl From<super::DeploymentRow> for DeploymentSummary {
             provider: row.provider,
             status: row.status,
             status_reason: row.status_reason,
-            variables: row.variables,
+            variables: Json(
+                serde_json::value::to_raw_value(&row.variables.0).expect("a JSON map serializes"),
+            ),
             created_at: row.created_at,
             updated_at: row.updated_at,
         }
