@@ -31,7 +31,7 @@ use anyhow::{Context, bail};
 use chrono::Utc;
 use nim_backend::{
     domain::{DeploymentStatus, RunKind, RunStatus},
-    store::{DeploymentRow, DeploymentStatusText, NewMachine, RunRow, Store},
+    store::{DeploymentRow, NewMachine, RunRow, Store},
 };
 use secrecy::SecretString;
 use serde_json::{Value, json};
@@ -493,7 +493,7 @@ impl Backend {
                 owner_id: *owner,
                 name: format!("bench-{i}"),
                 provider: "local".into(),
-                status: DeploymentStatusText(DeploymentStatus::Ready),
+                status: DeploymentStatus::Ready,
                 status_reason: None,
                 variables: Json(
                     json!({"machine_count": MACHINES, "memory_mb": 512, "name_prefix": "bench"})
@@ -510,7 +510,7 @@ impl Backend {
                 updated_at: now,
             };
             let mut run = RunRow::queued(id, RunKind::Apply, 0, now);
-            run.status = RunStatus::Succeeded.as_str().to_owned();
+            run.status = RunStatus::Succeeded;
             run.progress_done = 10;
             run.progress_total = 10;
             run.started_at = Some(now);

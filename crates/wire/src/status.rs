@@ -28,6 +28,14 @@ macro_rules! string_enum {
             }
         }
 
+        /// Decodes a stored status column (`#[sqlx(try_from = "String")]` in the backend).
+        impl TryFrom<String> for $name {
+            type Error = String;
+            fn try_from(text: String) -> Result<Self, String> {
+                text.parse()
+            }
+        }
+
         impl FromStr for $name {
             type Err = String;
             fn from_str(s: &str) -> Result<Self, String> {
@@ -138,6 +146,14 @@ string_enum! {
     }
 }
 
+/// A result row starts out `pending`. (Written out: the enum comes from `string_enum!`.)
+#[allow(clippy::derivable_impls)]
+impl Default for ResultStatus {
+    fn default() -> Self {
+        Self::Pending
+    }
+}
+
 impl ResultStatus {
     /// Finished, one way or another.
     pub fn is_final(self) -> bool {
@@ -179,13 +195,6 @@ impl CommandStatus {
             Self::Partial
         }
     }
-}
-
-impl DeploymentStatus {
-    /// States a destroy may start from: any live state without a run in progress. The store
-    /// refuses a second active run separately.
-    pub const DESTROYABLE: &'static [Self] =
-        &[Self::Pending, Self::Provisioning, Self::Ready, Self::Updating, Self::Failed];
 }
 
 impl RunStatus {

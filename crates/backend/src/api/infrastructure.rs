@@ -117,7 +117,7 @@ impl From<MachineRow> for MachineView {
             public_ip: row.public_ip,
             private_ip: row.private_ip,
             agent_port: row.agent_port,
-            status: row.status.parse().unwrap_or(MachineStatus::Unknown),
+            status: row.status,
             last_seen_at: row.last_seen_at,
             info: row.info.map(|info| info.0),
         }

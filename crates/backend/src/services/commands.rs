@@ -385,7 +385,7 @@ impl CommandService {
             deployment_id,
             owner_id,
             request: Json(serde_json::to_value(&request).map_err(anyhow::Error::from)?),
-            status: CommandStatus::Running.as_str().to_owned(),
+            status: CommandStatus::Running,
             cancel_requested_at: None,
             created_at: now,
             finished_at: None,
@@ -398,7 +398,7 @@ impl CommandService {
                 seq: seq as i64,
                 machine: target.name.clone(),
                 address: Some(target.address()),
-                status: ResultStatus::Pending.as_str().to_owned(),
+                status: ResultStatus::Pending,
                 ..CommandResultRow::default()
             })
             .collect();
@@ -490,10 +490,7 @@ impl CommandService {
             self.inner.ctx.store.list_commands(deployment_id, before, limit).await?;
         let mut by_command: HashMap<Uuid, Vec<ResultStatus>> = HashMap::new();
         for (command_id, status) in statuses {
-            by_command
-                .entry(command_id)
-                .or_default()
-                .push(status.parse().unwrap_or(ResultStatus::Failed));
+            by_command.entry(command_id).or_default().push(status);
         }
         Ok(commands
             .into_iter()
@@ -670,7 +667,7 @@ async fn execute(
         .map(|machine| CommandResultRow {
             command_id,
             machine,
-            status: stopped.as_str().to_owned(),
+            status: stopped,
             error: Some(error.to_owned()),
             finished_at: Some(now),
             ..CommandResultRow::default()
@@ -704,7 +701,7 @@ fn result_row(
     let mut row = CommandResultRow {
         command_id,
         machine: result.machine,
-        status: status.as_str().to_owned(),
+        status,
         error: result.error,
         duration_ms: Some(elapsed_ms),
         started_at: Some(started_at),

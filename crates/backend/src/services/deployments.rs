@@ -27,8 +27,8 @@ use crate::{
     domain::{DeploymentStatus, RunKind},
     secrets::SecretBox,
     store::{
-        DeploymentDetail, DeploymentQuery, DeploymentRow, DeploymentStatusText, DeploymentSummary,
-        NewMachine, RunEventRow, RunRow, Store, StoreError,
+        DeploymentDetail, DeploymentQuery, DeploymentRow, DeploymentSummary, NewMachine,
+        RunEventRow, RunRow, Store, StoreError,
     },
 };
 
@@ -375,7 +375,7 @@ impl Provisioning {
             owner_id,
             name: request.name,
             provider: request.provider,
-            status: DeploymentStatusText(DeploymentStatus::Pending),
+            status: DeploymentStatus::Pending,
             status_reason: None,
             variables: Json(plain),
             backend_variables: Json(backend_variables),
@@ -463,7 +463,7 @@ impl Provisioning {
             owner_id: Uuid::nil(),
             name: request.name,
             provider: request.provider,
-            status: DeploymentStatusText(DeploymentStatus::Pending),
+            status: DeploymentStatus::Pending,
             status_reason: None,
             variables: Json(plain),
             backend_variables: Json(backend_variables),

@@ -14,7 +14,8 @@ pub struct CommandRow {
     pub deployment_id: Uuid,
     pub owner_id: Uuid,
     pub request: Json<Value>,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: CommandStatus,
     pub cancel_requested_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -22,7 +23,7 @@ pub struct CommandRow {
 
 impl CommandRow {
     pub fn status(&self) -> CommandStatus {
-        self.status.parse().unwrap_or(CommandStatus::Failed)
+        self.status
     }
 }
 
@@ -33,7 +34,8 @@ pub struct CommandResultRow {
     pub seq: i64,
     pub machine: String,
     pub address: Option<String>,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: ResultStatus,
     pub exit_code: Option<i64>,
     pub signal: Option<i64>,
     pub stdout: Option<String>,
@@ -47,12 +49,20 @@ pub struct CommandResultRow {
 
 impl CommandResultRow {
     pub fn status(&self) -> ResultStatus {
-        self.status.parse().unwrap_or(ResultStatus::Failed)
+        self.status
     }
 }
 
+/// A result's status, keyed by its command (a page's summaries).
+#[derive(sqlx::FromRow)]
+struct ResultStatusRow {
+    command_id: Uuid,
+    #[sqlx(try_from = "String")]
+    status: ResultStatus,
+}
+
 /// A page of commands, and `(command id, result status)` for every result of those commands.
-pub type CommandsPage = (Vec<CommandRow>, Vec<(Uuid, String)>);
+pub type CommandsPage = (Vec<CommandRow>, Vec<(Uuid, ResultStatus)>);
 
 const COMMAND_COLUMNS: &str =
     "id, deployment_id, owner_id, request, status, cancel_requested_at, created_at, finished_at";
@@ -112,7 +122,7 @@ impl Store {
             .bind(command.deployment_id)
             .bind(command.owner_id)
             .bind(command.request.clone())
-            .bind(command.status.clone())
+            .bind(command.status.as_str())
             .bind(command.created_at)
             .bind(runner.clone())
             .bind(lease_until)
@@ -128,7 +138,7 @@ impl Store {
                 .bind(result.seq)
                 .bind(result.machine.clone())
                 .bind(result.address.clone())
-                .bind(result.status.clone())
+                .bind(result.status.as_str())
                 .execute(&mut *tx)
                 .await?;
             }
@@ -183,12 +193,13 @@ impl Store {
                 .bind(i64::from(limit))
                 .fetch_all(pool)
                 .await?;
-            let statuses = sqlx::query_as(&statuses)
+            let statuses: Vec<ResultStatusRow> = sqlx::query_as(&statuses)
                 .bind(deployment_id)
                 .bind(before)
                 .bind(i64::from(limit))
                 .fetch_all(pool)
                 .await?;
+            let statuses = statuses.into_iter().map(|r| (r.command_id, r.status)).collect();
             Ok::<_, sqlx::Error>((rows, statuses))
         })?)
     }
@@ -244,7 +255,7 @@ impl Store {
                      started_at = COALESCE(started_at, $9), finished_at = $10 \
                      WHERE command_id = $11 AND machine = $12 AND status IN ('pending', 'running')",
                 )
-                .bind(result.status)
+                .bind(result.status.as_str())
                 .bind(result.exit_code)
                 .bind(result.signal)
                 .bind(result.stdout)
@@ -393,29 +404,16 @@ mod tests {
     use super::*;
     use crate::{
         domain::{DeploymentStatus, RunKind, now},
-        store::{DeploymentRow, DeploymentStatusText, RunRow, testing::stores},
+        store::{
+            RunRow,
+            testing::{deployment_row, stores},
+        },
     };
 
     async fn deployment(store: &Store) -> Uuid {
-        let at = now();
-        let row = DeploymentRow {
-            id: Uuid::now_v7(),
-            owner_id: Uuid::new_v4(),
-            name: "d".into(),
-            provider: "local".into(),
-            status: DeploymentStatusText(DeploymentStatus::Ready),
-            status_reason: None,
-            variables: Json(Default::default()),
-            backend_variables: Json(Default::default()),
-            secrets: vec![1, 2, 3],
-            tls_cert: "cert".into(),
-            idempotency_key: None,
-            request_hash: None,
-            created_at: at,
-            updated_at: at,
-        };
+        let row = deployment_row(DeploymentStatus::Ready);
         store
-            .create_deployment(&row, &RunRow::queued(row.id, RunKind::Apply, 0, at))
+            .create_deployment(&row, &RunRow::queued(row.id, RunKind::Apply, 0, row.created_at))
             .await
             .unwrap();
         row.id
@@ -427,7 +425,7 @@ mod tests {
             deployment_id,
             owner_id: Uuid::new_v4(),
             request: Json(json!({"argv": ["true"]})),
-            status: "running".into(),
+            status: CommandStatus::Running,
             cancel_requested_at: None,
             created_at: now(),
             finished_at: None,
@@ -469,14 +467,14 @@ mod tests {
                 let store = store.clone();
                 async move { store.find_command(deployment_id, id).await.unwrap().unwrap().status }
             };
-            assert_eq!(status(dead.id).await, "interrupted");
-            assert_eq!(status(live.id).await, "running");
+            assert_eq!(status(dead.id).await, CommandStatus::Interrupted);
+            assert_eq!(status(live.id).await, CommandStatus::Running);
             // At the start of a single embedded process everything still running is a leftover.
             assert_eq!(
                 store.interrupt_running_commands("gone", later, true, None).await.unwrap(),
                 1
             );
-            assert_eq!(status(live.id).await, "interrupted");
+            assert_eq!(status(live.id).await, CommandStatus::Interrupted);
         }
     }
 }

@@ -6,7 +6,7 @@ use sqlx::types::Json;
 use uuid::Uuid;
 
 use super::{RunRow, Store, StoreError, StoreResult, on_db};
-use crate::domain::{DeploymentStatus, MachineStatus};
+use crate::domain::{DeploymentStatus, Lifecycle, MachineStatus};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct DeploymentRow {
@@ -15,7 +15,7 @@ pub struct DeploymentRow {
     pub name: String,
     pub provider: String,
     #[sqlx(try_from = "String")]
-    pub status: DeploymentStatusText,
+    pub status: DeploymentStatus,
     pub status_reason: Option<String>,
     pub variables: Json<serde_json::Map<String, Value>>,
     pub backend_variables: Json<serde_json::Map<String, Value>>,
@@ -27,23 +27,6 @@ pub struct DeploymentRow {
     pub updated_at: DateTime<Utc>,
 }
 
-/// A status column decoded into the domain enum (rows keep the text portable across dialects).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DeploymentStatusText(pub DeploymentStatus);
-
-impl TryFrom<String> for DeploymentStatusText {
-    type Error = String;
-    fn try_from(text: String) -> Result<Self, String> {
-        text.parse().map(Self)
-    }
-}
-
-impl DeploymentRow {
-    pub fn status(&self) -> DeploymentStatus {
-        self.status.0
-    }
-}
-
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct MachineRow {
     pub id: Uuid,
@@ -52,7 +35,8 @@ pub struct MachineRow {
     pub public_ip: Option<String>,
     pub private_ip: Option<String>,
     pub agent_port: Option<i64>,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: MachineStatus,
     pub last_seen_at: Option<DateTime<Utc>>,
     pub info: Option<Json<Value>>,
     pub created_at: DateTime<Utc>,
@@ -66,6 +50,12 @@ pub struct NewMachine {
     pub public_ip: Option<String>,
     pub private_ip: Option<String>,
     pub agent_port: Option<u16>,
+}
+
+impl DeploymentRow {
+    pub fn status(&self) -> DeploymentStatus {
+        self.status
+    }
 }
 
 impl From<&MachineRow> for NewMachine {
@@ -96,13 +86,6 @@ pub struct DeploymentQuery {
     pub limit: u32,
 }
 
-/// `'pending', 'ready'`: an SQL list of status literals. They come from our own enum (fixed
-/// identifiers, never input), so they are written into the statement rather than bound; that
-/// keeps the query's argument list fixed.
-fn status_list(statuses: &[DeploymentStatus]) -> String {
-    statuses.iter().map(|s| format!("'{}'", s.as_str())).collect::<Vec<_>>().join(", ")
-}
-
 impl Store {
     /// Creates a deployment and its first run in one transaction. A reused idempotency key is
     /// `Conflict("deployments_owner_idempotency_key")`.
@@ -122,7 +105,7 @@ impl Store {
             .bind(deployment.owner_id)
             .bind(&deployment.name)
             .bind(&deployment.provider)
-            .bind(deployment.status().as_str())
+            .bind(deployment.status.as_str())
             .bind(&deployment.status_reason)
             .bind(&deployment.variables)
             .bind(&deployment.backend_variables)
@@ -199,20 +182,22 @@ impl Store {
     }
 
     /// Moves a deployment to `to` if it is in one of `from`; `false` when it was not (someone
-    /// else moved it first). Never read-then-write.
+    /// else moved it first). Never read-then-write. A `from` the transition table does not let
+    /// move to `to` is refused before anything is written.
     #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %id, to = %to))]
     pub async fn transition_deployment(
         &self,
         id: Uuid,
-        from: &'static [DeploymentStatus],
+        from: &[DeploymentStatus],
         to: DeploymentStatus,
         reason: Option<&str>,
         now: DateTime<Utc>,
     ) -> StoreResult<bool> {
+        DeploymentStatus::check(from, to)?;
         let sql = format!(
             "UPDATE deployments SET status = $1, status_reason = $2, updated_at = $3 \
              WHERE id = $4 AND status IN ({})",
-            status_list(from)
+            DeploymentStatus::sql_list(from)
         );
         let done = on_db!(self, |pool| {
             // Owned binds: a borrowed `&str` argument makes the future's `Send` proof fail for
@@ -230,15 +215,15 @@ impl Store {
     }
 
     /// Queues `run` (a destroy) and moves the deployment to `destroying`, in one transaction.
-    /// `Ok(false)` when the deployment is not in a destroyable state; a run already queued or
+    /// `Ok(false)` when the table does not let its state move to `destroying`; a run already queued or
     /// running is `Conflict("runs_one_active_per_deployment")`.
     #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %run.deployment_id))]
     pub async fn queue_destroy(&self, run: &RunRow, now: DateTime<Utc>) -> StoreResult<bool> {
-        let from = DeploymentStatus::DESTROYABLE;
+        let from = DeploymentStatus::sources(DeploymentStatus::Destroying);
         let sql = format!(
             "UPDATE deployments SET status = $1, status_reason = NULL, updated_at = $2 \
              WHERE id = $3 AND status IN ({})",
-            status_list(from)
+            DeploymentStatus::sql_list(&from)
         );
         on_db!(self, |pool| async {
             let mut tx = pool.begin().await?;

@@ -10,6 +10,8 @@
 
 mod commands;
 mod deployments;
+#[cfg(test)]
+mod lifecycle_tests;
 mod runs;
 mod sessions;
 mod sqlite_reads;
@@ -26,9 +28,7 @@ use sqlx::{
 };
 
 pub use commands::{CommandResultRow, CommandRow, CommandsPage};
-pub use deployments::{
-    DeploymentQuery, DeploymentRow, DeploymentStatusText, MachineRow, NewMachine,
-};
+pub use deployments::{DeploymentQuery, DeploymentRow, MachineRow, NewMachine};
 pub use runs::{RunEventRow, RunRow};
 pub use sessions::{AuthSessionRow, RefreshOutcome, SessionSelector};
 pub use users::UserRow;
@@ -61,6 +61,10 @@ pub enum StoreError {
     Storage(#[source] sqlx::Error),
     #[error("database error")]
     Database(#[source] sqlx::Error),
+    /// A status change its transition table forbids was asked for: a bug, refused before any
+    /// write.
+    #[error(transparent)]
+    IllegalMove(#[from] crate::domain::IllegalMove),
 }
 
 impl StoreError {
@@ -474,6 +478,27 @@ pub mod testing {
                 })
             })
             .join();
+        }
+    }
+
+    /// A deployment of a fresh owner in `status`, for store tests.
+    pub fn deployment_row(status: crate::domain::DeploymentStatus) -> DeploymentRow {
+        let at = crate::domain::now();
+        DeploymentRow {
+            id: uuid::Uuid::now_v7(),
+            owner_id: uuid::Uuid::new_v4(),
+            name: "d".into(),
+            provider: "local".into(),
+            status,
+            status_reason: None,
+            variables: sqlx::types::Json(Default::default()),
+            backend_variables: sqlx::types::Json(Default::default()),
+            secrets: vec![1, 2, 3],
+            tls_cert: "cert".into(),
+            idempotency_key: None,
+            request_hash: None,
+            created_at: at,
+            updated_at: at,
         }
     }
 

@@ -6,14 +6,16 @@ use sqlx::types::Json;
 use uuid::Uuid;
 
 use super::{Store, StoreError, StoreResult, on_db};
-use crate::domain::{DeploymentStatus, RunKind, RunStatus};
+use crate::domain::{DeploymentStatus, Lifecycle, RunKind, RunStatus};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct RunRow {
     pub id: Uuid,
     pub deployment_id: Uuid,
-    pub kind: String,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub kind: RunKind,
+    #[sqlx(try_from = "String")]
+    pub status: RunStatus,
     pub attempt: i64,
     pub error: Option<String>,
     pub progress_done: i64,
@@ -32,8 +34,8 @@ impl RunRow {
         Self {
             id: Uuid::now_v7(),
             deployment_id,
-            kind: kind.as_str().to_owned(),
-            status: RunStatus::Queued.as_str().to_owned(),
+            kind,
+            status: RunStatus::Queued,
             attempt,
             error: None,
             progress_done: 0,
@@ -48,11 +50,11 @@ impl RunRow {
     }
 
     pub fn kind(&self) -> RunKind {
-        self.kind.parse().unwrap_or(RunKind::Apply)
+        self.kind
     }
 
     pub fn status(&self) -> RunStatus {
-        self.status.parse().unwrap_or(RunStatus::Failed)
+        self.status
     }
 }
 
@@ -80,8 +82,8 @@ macro_rules! insert_run_query {
         )
         .bind($run.id)
         .bind($run.deployment_id)
-        .bind(&$run.kind)
-        .bind(&$run.status)
+        .bind($run.kind.as_str())
+        .bind($run.status.as_str())
         .bind($run.attempt)
         .bind($run.created_at)
     };
@@ -102,6 +104,7 @@ impl Store {
         // Postgres: SKIP LOCKED lets replicas claim different runs at once instead of queueing
         // on the same row. SQLite has one writer at a time, so the plain subquery is atomic.
         let lock = if self.is_postgres() { " FOR UPDATE SKIP LOCKED" } else { "" };
+        RunStatus::check(&[RunStatus::Queued], RunStatus::Running)?;
         let sql = format!(
             "UPDATE runs SET status = 'running', lease_owner = $1, lease_expires_at = $2, started_at = $3 \
              WHERE id = (SELECT id FROM runs WHERE status = 'queued' ORDER BY created_at, id LIMIT 1{lock}) \
@@ -135,7 +138,10 @@ impl Store {
     }
 
     /// Ends a running run and moves its deployment, in one transaction. `false` if the run was
-    /// not running any more (nothing changes then).
+    /// not running any more (nothing changes then). The deployment moves only from a state the
+    /// table lets move to `deployment.0`; from any other the run's end is still recorded (the run
+    /// is over whatever its deployment says) and the refusal is logged, since it means some other
+    /// writer moved the deployment while the run held it.
     #[tracing::instrument(level = "debug", skip_all, fields(run_id = %run_id, status = %status))]
     pub async fn finish_run(
         &self,
@@ -145,6 +151,13 @@ impl Store {
         deployment: (DeploymentStatus, Option<&str>),
         now: DateTime<Utc>,
     ) -> StoreResult<bool> {
+        RunStatus::check(&[RunStatus::Running], status)?;
+        let (to, reason) = deployment;
+        let move_deployment = format!(
+            "UPDATE deployments SET status = $1, status_reason = $2, updated_at = $3 \
+             WHERE id = $4 AND status IN ({})",
+            DeploymentStatus::sql_list(&DeploymentStatus::sources(to))
+        );
         on_db!(self, |pool| async {
             let mut tx = pool.begin().await?;
             let finished: Option<(Uuid,)> = sqlx::query_as(
@@ -161,13 +174,16 @@ impl Store {
                 tx.rollback().await?;
                 return Ok(false);
             };
-            sqlx::query("UPDATE deployments SET status = $1, status_reason = $2, updated_at = $3 WHERE id = $4")
-                .bind(deployment.0.as_str())
-                .bind(deployment.1)
+            let moved = sqlx::query(&move_deployment)
+                .bind(to.as_str())
+                .bind(reason)
                 .bind(now)
                 .bind(deployment_id)
                 .execute(&mut *tx)
                 .await?;
+            if moved.rows_affected() == 0 {
+                tracing::warn!(%deployment_id, to = %to, "the run ended but its deployment may not move there from where it is");
+            }
             tx.commit().await?;
             Ok(true)
         }
@@ -190,7 +206,7 @@ impl Store {
     }
 
     /// Asks a run to stop. A queued run is cancelled on the spot (and its deployment marked
-    /// failed); a running one gets `cancel_requested_at`, which its worker acts on. Returns the
+    /// failed, from a state the table lets fail); a running one gets `cancel_requested_at`, which its worker acts on. Returns the
     /// run as it is afterwards, or `None` if it is not active.
     #[tracing::instrument(level = "debug", skip_all, fields(run_id = %run_id))]
     pub async fn request_cancel(
@@ -199,6 +215,13 @@ impl Store {
         run_id: Uuid,
         now: DateTime<Utc>,
     ) -> StoreResult<Option<RunRow>> {
+        RunStatus::check(&[RunStatus::Queued], RunStatus::Cancelled)?;
+        let fail_deployment = format!(
+            "UPDATE deployments SET status = '{}', status_reason = $1, updated_at = $2 \
+             WHERE id = $3 AND status IN ({})",
+            DeploymentStatus::Failed,
+            DeploymentStatus::sql_list(&DeploymentStatus::sources(DeploymentStatus::Failed))
+        );
         let cancel_queued = format!(
             "UPDATE runs SET status = 'cancelled', cancel_requested_at = $1, finished_at = $1, \
              error = 'cancelled before it started' \
@@ -217,14 +240,12 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?;
             if let Some(run) = cancelled {
-                sqlx::query(
-                    "UPDATE deployments SET status = 'failed', status_reason = $1, updated_at = $2 WHERE id = $3",
-                )
-                .bind(format!("the {} run was cancelled before it started", run.kind))
-                .bind(now)
-                .bind(deployment_id)
-                .execute(&mut *tx)
-                .await?;
+                sqlx::query(&fail_deployment)
+                    .bind(format!("the {} run was cancelled before it started", run.kind))
+                    .bind(now)
+                    .bind(deployment_id)
+                    .execute(&mut *tx)
+                    .await?;
                 tx.commit().await?;
                 return Ok(Some(run));
             }
@@ -285,6 +306,7 @@ impl Store {
         next: &RunRow,
         now: DateTime<Utc>,
     ) -> StoreResult<bool> {
+        RunStatus::check(&[RunStatus::Running], RunStatus::Interrupted)?;
         on_db!(self, |pool| async {
             let mut tx = pool.begin().await?;
             let done = sqlx::query(

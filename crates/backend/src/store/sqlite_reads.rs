@@ -18,7 +18,7 @@ use serde_json::Value;
 use sqlx::types::Json;
 use uuid::Uuid;
 
-use super::{DeploymentStatusText, DeploymentSummary, MachineRow, RunRow};
+use super::{DeploymentSummary, MachineRow, RunRow};
 
 /// At most this many idle connections are kept (one per async worker is all that runs at once).
 const MAX_IDLE: usize = 8;
@@ -83,6 +83,8 @@ pub(super) trait RowExt {
     fn opt_uuid(&self, index: usize) -> rusqlite::Result<Option<Uuid>>;
     fn time(&self, index: usize) -> rusqlite::Result<DateTime<Utc>>;
     fn opt_time(&self, index: usize) -> rusqlite::Result<Option<DateTime<Utc>>>;
+    /// A status column, parsed into its enum.
+    fn parsed<T: std::str::FromStr<Err = String>>(&self, index: usize) -> rusqlite::Result<T>;
     /// A JSON column as it is stored (checked to be JSON, not parsed into values).
     fn raw_json(&self, index: usize) -> rusqlite::Result<Box<serde_json::value::RawValue>>;
     fn json<T: serde::de::DeserializeOwned>(&self, index: usize) -> rusqlite::Result<Option<T>>;
@@ -120,6 +122,14 @@ impl RowExt for Row<'_> {
         .transpose()
     }
 
+    /// A status column, parsed into its enum.
+    fn parsed<T: std::str::FromStr<Err = String>>(&self, index: usize) -> rusqlite::Result<T> {
+        let text: String = self.get(index)?;
+        text.parse().map_err(|err: String| {
+            conversion(index, std::io::Error::new(std::io::ErrorKind::InvalidData, err))
+        })
+    }
+
     /// A JSON column as it is stored (checked to be JSON, not parsed into values).
     fn raw_json(&self, index: usize) -> rusqlite::Result<Box<serde_json::value::RawValue>> {
         let text: String = self.get(index)?;
@@ -134,14 +144,11 @@ impl RowExt for Row<'_> {
 
 /// A [`DeploymentSummary`] from the first eight columns (`SUMMARY_COLUMNS`).
 pub(super) fn summary(row: &Row<'_>) -> rusqlite::Result<DeploymentSummary> {
-    let status: String = row.get(3)?;
     Ok(DeploymentSummary {
         id: row.uuid(0)?,
         name: row.get(1)?,
         provider: row.get(2)?,
-        status: DeploymentStatusText::try_from(status).map_err(|err| {
-            conversion(3, std::io::Error::new(std::io::ErrorKind::InvalidData, err))
-        })?,
+        status: row.parsed(3)?,
         status_reason: row.get(4)?,
         variables: Json(row.raw_json(5)?),
         created_at: row.time(6)?,
@@ -155,8 +162,8 @@ pub(super) fn detail_run(row: &Row<'_>, deployment_id: Uuid) -> rusqlite::Result
     Ok(Some(RunRow {
         id,
         deployment_id,
-        kind: row.get(9)?,
-        status: row.get(10)?,
+        kind: row.parsed(9)?,
+        status: row.parsed(10)?,
         attempt: row.get(11)?,
         error: row.get(12)?,
         progress_done: row.get(13)?,
@@ -183,7 +190,7 @@ pub(super) fn detail_machine(
         public_ip: row.get(23)?,
         private_ip: row.get(24)?,
         agent_port: row.get(25)?,
-        status: row.get(26)?,
+        status: row.parsed(26)?,
         last_seen_at: row.opt_time(27)?,
         info: row.json::<Value>(28)?.map(Json),
         created_at: row.time(29)?,

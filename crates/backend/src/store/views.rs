@@ -7,11 +7,8 @@ use serde_json::{Value, value::RawValue};
 use sqlx::types::Json;
 use uuid::Uuid;
 
-use super::{
-    DeploymentQuery, DeploymentStatusText, MachineRow, RunRow, Store, StoreResult, on_db,
-    sqlite_reads,
-};
-use crate::domain::DeploymentStatus;
+use super::{DeploymentQuery, MachineRow, RunRow, Store, StoreResult, on_db, sqlite_reads};
+use crate::domain::{DeploymentStatus, MachineStatus, RunKind, RunStatus};
 
 /// A deployment as the API shows it.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -20,7 +17,7 @@ pub struct DeploymentSummary {
     pub name: String,
     pub provider: String,
     #[sqlx(try_from = "String")]
-    pub status: DeploymentStatusText,
+    pub status: DeploymentStatus,
     pub status_reason: Option<String>,
     /// The object as stored: responses pass it through unparsed.
     pub variables: Json<Box<RawValue>>,
@@ -30,7 +27,7 @@ pub struct DeploymentSummary {
 
 impl DeploymentSummary {
     pub fn status(&self) -> DeploymentStatus {
-        self.status.0
+        self.status
     }
 }
 
@@ -125,14 +122,31 @@ struct DetailRow {
     m_updated_at: Option<DateTime<Utc>>,
 }
 
+/// A status column of a `LEFT JOIN`ed table: `None` where the join found no row.
+fn joined<T: std::str::FromStr<Err = String>>(
+    text: Option<&str>,
+    column: &str,
+) -> Result<Option<T>, sqlx::Error> {
+    text.map(|t| {
+        t.parse().map_err(|err: String| sqlx::Error::ColumnDecode {
+            index: column.to_owned(),
+            source: err.into(),
+        })
+    })
+    .transpose()
+}
+
 impl DetailRow {
-    fn run(&self) -> Option<RunRow> {
-        let (id, created_at) = (self.r_id?, self.r_created_at?);
-        Some(RunRow {
+    fn run(&self) -> Result<Option<RunRow>, sqlx::Error> {
+        let (Some(id), Some(created_at)) = (self.r_id, self.r_created_at) else { return Ok(None) };
+        let kind: Option<RunKind> = joined(self.r_kind.as_deref(), "r_kind")?;
+        let status: Option<RunStatus> = joined(self.r_status.as_deref(), "r_status")?;
+        let (Some(kind), Some(status)) = (kind, status) else { return Ok(None) };
+        Ok(Some(RunRow {
             id,
             deployment_id: self.deployment.id,
-            kind: self.r_kind.clone().unwrap_or_default(),
-            status: self.r_status.clone().unwrap_or_default(),
+            kind,
+            status,
             attempt: self.r_attempt.unwrap_or_default(),
             error: self.r_error.clone(),
             progress_done: self.r_progress_done.unwrap_or_default(),
@@ -143,23 +157,29 @@ impl DetailRow {
             created_at,
             started_at: self.r_started_at,
             finished_at: self.r_finished_at,
-        })
+        }))
     }
 
-    fn machine(self) -> Option<MachineRow> {
-        Some(MachineRow {
-            id: self.m_id?,
+    fn machine(self) -> Result<Option<MachineRow>, sqlx::Error> {
+        let status = joined::<MachineStatus>(self.m_status.as_deref(), "m_status")?;
+        let (Some(id), Some(name), Some(status), Some(created_at), Some(updated_at)) =
+            (self.m_id, self.m_name, status, self.m_created_at, self.m_updated_at)
+        else {
+            return Ok(None);
+        };
+        Ok(Some(MachineRow {
+            id,
             deployment_id: self.deployment.id,
-            name: self.m_name?,
+            name,
             public_ip: self.m_public_ip,
             private_ip: self.m_private_ip,
             agent_port: self.m_agent_port,
-            status: self.m_status.unwrap_or_default(),
+            status,
             last_seen_at: self.m_last_seen_at,
             info: self.m_info,
-            created_at: self.m_created_at?,
-            updated_at: self.m_updated_at?,
-        })
+            created_at,
+            updated_at,
+        }))
     }
 }
 
@@ -203,8 +223,11 @@ impl Store {
         let mut rows = rows.into_iter();
         let Some(first) = rows.next() else { return Ok(None) };
         let deployment = first.deployment.clone();
-        let latest_run = first.run();
-        let machines = std::iter::once(first).chain(rows).filter_map(DetailRow::machine).collect();
+        let latest_run = first.run()?;
+        let machines = std::iter::once(first)
+            .chain(rows)
+            .filter_map(|row| row.machine().transpose())
+            .collect::<Result<_, _>>()?;
         Ok(Some(DeploymentDetail { deployment, machines, latest_run }))
     }
 

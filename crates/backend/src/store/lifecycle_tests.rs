@@ -1,0 +1,174 @@
+//! The store against the transition tables, on every database this machine offers: for every
+//! pair of states, a move the table allows happens and one it does not changes nothing.
+
+use uuid::Uuid;
+
+use super::{
+    RunRow, Store, StoreError,
+    testing::{deployment_row, stores},
+};
+use crate::domain::{DeploymentStatus, Lifecycle, RunKind, RunStatus, now};
+
+/// A deployment in `status` whose one run is in `run_status`.
+async fn deployment_with_run(
+    store: &Store,
+    status: DeploymentStatus,
+    run_status: RunStatus,
+) -> (Uuid, RunRow) {
+    let row = deployment_row(status);
+    let mut run = RunRow::queued(row.id, RunKind::Apply, 0, row.created_at);
+    run.status = run_status;
+    store.create_deployment(&row, &run).await.unwrap();
+    (row.id, run)
+}
+
+async fn status_of(store: &Store, id: Uuid) -> DeploymentStatus {
+    store.deployment(id).await.unwrap().unwrap().status
+}
+
+async fn run_status_of(store: &Store, run: &RunRow) -> RunStatus {
+    store.find_run(run.deployment_id, run.id).await.unwrap().unwrap().status
+}
+
+#[tokio::test]
+async fn a_deployment_moves_only_along_the_table() {
+    use DeploymentStatus::Pending;
+    for (store, _guard) in stores().await {
+        for &actual in DeploymentStatus::ALL {
+            for &to in DeploymentStatus::ALL {
+                let legal = actual.can_move_to(to);
+                let pair = format!("{actual} → {to}");
+
+                // Asked for by name: an illegal pair is refused before anything is written.
+                let (id, _) = deployment_with_run(&store, actual, RunStatus::Queued).await;
+                match store.transition_deployment(id, &[actual], to, Some("why"), now()).await {
+                    Ok(moved) => assert!(legal && moved, "{pair} moved: {moved}"),
+                    Err(StoreError::IllegalMove(_)) => assert!(!legal, "{pair} was refused"),
+                    Err(other) => panic!("{pair}: {other}"),
+                }
+                let expected = if legal { to } else { actual };
+                assert_eq!(status_of(&store, id).await, expected, "{pair}");
+
+                // Asked for from every legal source while the deployment is elsewhere (another
+                // writer moved it first): the conditional UPDATE changes nothing.
+                let sources = DeploymentStatus::sources(to);
+                if sources.is_empty() {
+                    assert_eq!(to, Pending, "only `pending` is never entered by a move");
+                    continue;
+                }
+                let (id, _) = deployment_with_run(&store, actual, RunStatus::Queued).await;
+                let moved =
+                    store.transition_deployment(id, &sources, to, None, now()).await.unwrap();
+                assert_eq!(moved, legal, "{pair} from its sources");
+                assert_eq!(status_of(&store, id).await, expected, "{pair} from its sources");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_run_ending_moves_its_deployment_only_along_the_table() {
+    for (store, _guard) in stores().await {
+        for &actual in DeploymentStatus::ALL {
+            for (end, to) in [
+                (RunStatus::Succeeded, DeploymentStatus::Ready),
+                (RunStatus::Succeeded, DeploymentStatus::Destroyed),
+                (RunStatus::Failed, DeploymentStatus::Failed),
+            ] {
+                let pair = format!("{actual} → {to}");
+                let (id, run) = deployment_with_run(&store, actual, RunStatus::Running).await;
+                let finished =
+                    store.finish_run(run.id, end, None, (to, Some("why")), now()).await.unwrap();
+                // The run is over whatever its deployment says.
+                assert!(finished, "{pair}");
+                assert_eq!(run_status_of(&store, &run).await, end, "{pair}");
+                let expected = if actual.can_move_to(to) { to } else { actual };
+                assert_eq!(status_of(&store, id).await, expected, "{pair}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn cancelling_a_queued_run_fails_its_deployment_only_along_the_table() {
+    for (store, _guard) in stores().await {
+        for &actual in DeploymentStatus::ALL {
+            let (id, run) = deployment_with_run(&store, actual, RunStatus::Queued).await;
+            let cancelled = store.request_cancel(id, run.id, now()).await.unwrap().unwrap();
+            assert_eq!(cancelled.status, RunStatus::Cancelled, "{actual}");
+            let failed = DeploymentStatus::Failed;
+            let expected = if actual.can_move_to(failed) { failed } else { actual };
+            assert_eq!(status_of(&store, id).await, expected, "{actual}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_run_moves_only_along_the_table() {
+    for (store, _guard) in stores().await {
+        assert!(RunStatus::sources(RunStatus::Queued).is_empty(), "runs are queued by insert");
+        for &from in RunStatus::ALL {
+            for &to in RunStatus::ALL {
+                if to == RunStatus::Queued {
+                    continue;
+                }
+                let pair = format!("{from} → {to}");
+                let (id, run) =
+                    deployment_with_run(&store, DeploymentStatus::Provisioning, from).await;
+                let at = now();
+                match to {
+                    RunStatus::Running => {
+                        let lease = at + chrono::Duration::seconds(60);
+                        let claimed = store.claim_next_run("w", lease, at).await.unwrap();
+                        assert_eq!(claimed.map(|r| r.id), from.can_move_to(to).then_some(run.id));
+                    }
+                    _ => {
+                        if to == RunStatus::Cancelled {
+                            store.request_cancel(id, run.id, at).await.unwrap();
+                        }
+                        let end = (DeploymentStatus::Failed, None);
+                        store.finish_run(run.id, to, None, end, at).await.unwrap();
+                    }
+                }
+                let expected = if from.can_move_to(to) { to } else { from };
+                assert_eq!(run_status_of(&store, &run).await, expected, "{pair}");
+                // Leave no queued run behind for the next pair's claim.
+                if expected == RunStatus::Queued {
+                    store.request_cancel(id, run.id, at).await.unwrap();
+                }
+            }
+        }
+        // A run is never ended into an active state.
+        let (_, run) =
+            deployment_with_run(&store, DeploymentStatus::Provisioning, RunStatus::Running).await;
+        for active in [RunStatus::Queued, RunStatus::Running] {
+            let end = (DeploymentStatus::Failed, None);
+            let refused = store.finish_run(run.id, active, None, end, now()).await;
+            assert!(matches!(refused, Err(StoreError::IllegalMove(_))), "{active}");
+        }
+        assert_eq!(run_status_of(&store, &run).await, RunStatus::Running);
+    }
+}
+
+#[tokio::test]
+async fn only_a_running_run_is_requeued() {
+    for (store, _guard) in stores().await {
+        for &from in RunStatus::ALL {
+            let (id, run) = deployment_with_run(&store, DeploymentStatus::Provisioning, from).await;
+            let at = now();
+            let next = RunRow::queued(id, RunKind::Apply, 1, at);
+            let requeued = store.requeue_run(run.id, "gone", &next, at).await.unwrap();
+            let legal = from.can_move_to(RunStatus::Interrupted);
+            assert_eq!(requeued, legal, "{from}");
+            let expected = if legal { RunStatus::Interrupted } else { from };
+            assert_eq!(run_status_of(&store, &run).await, expected, "{from}");
+            let queued_next = store.find_run(id, next.id).await.unwrap();
+            assert_eq!(queued_next.map(|r| r.status), legal.then_some(RunStatus::Queued), "{from}");
+            if legal {
+                store.request_cancel(id, next.id, at).await.unwrap();
+            } else if from == RunStatus::Queued {
+                store.request_cancel(id, run.id, at).await.unwrap();
+            }
+        }
+    }
+}
