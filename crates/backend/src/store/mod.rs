@@ -416,8 +416,9 @@ pub async fn backup_sqlite(
 
 /// Throwaway databases for tests (this crate's and the integration tests'): a fresh SQLite file,
 /// or a fresh database on the Postgres server at `TEST_POSTGRES_URL` (default
-/// `postgres://postgres@127.0.0.1:5432`), dropped again when the guard is.
-#[doc(hidden)]
+/// `postgres://postgres@127.0.0.1:5432`), dropped again when the guard is. Behind the `testing`
+/// feature, which only tests turn on.
+#[cfg(any(test, feature = "testing"))]
 pub mod testing {
     use super::*;
 
