@@ -8,7 +8,7 @@ use std::{
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use reqwest::StatusCode;
@@ -16,7 +16,7 @@ use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::helpers::{TestApp, agent_binary, app, assert_problem, json_ok, spawn_app};
+use crate::helpers::{TestApp, agent_binary, app, assert_problem, eventually, json_ok, spawn_app};
 
 fn repo_terraform() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../terraform")
@@ -211,11 +211,11 @@ async fn a_cloud_deployment_gets_the_download_url_and_sha256_of_the_served_binar
     // here: no provider can be downloaded).
     let tfvars =
         app.dir.path().join(format!("data/deployments/{id}/modules/gcp/terraform.tfvars.json"));
-    let started = Instant::now();
-    while !tfvars.exists() {
-        assert!(started.elapsed() < Duration::from_secs(60), "no {}", tfvars.display());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(&format!("{}", tfvars.display()), Duration::from_secs(60), || {
+        let there = tfvars.exists();
+        async move { if there { Ok(()) } else { Err("not written yet".to_owned()) } }
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let variables: Value = serde_json::from_slice(&std::fs::read(&tfvars).unwrap()).unwrap();
     assert_eq!(

@@ -13,7 +13,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::{
-    helpers::{TestApp, app, assert_problem, error_fields, json_ok},
+    helpers::{TestApp, app, assert_problem, error_fields, eventually, json_ok},
     provisioning::{provision, wait_for, wait_for_status},
 };
 
@@ -61,14 +61,14 @@ pub async fn start(app: &TestApp, token: &str, id: &str, body: Value) -> (Value,
 
 /// The pid a command wrote into `file` (`echo $$ > file`), once it has.
 pub async fn read_pid(file: &std::path::Path) -> u32 {
-    let started = Instant::now();
-    loop {
-        if let Some(pid) = std::fs::read_to_string(file).ok().and_then(|t| t.trim().parse().ok()) {
-            return pid;
+    eventually(&format!("a pid in {}", file.display()), Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(file);
+        async move {
+            let text = text.map_err(|err| err.to_string())?;
+            text.trim().parse().map_err(|_| format!("{text:?}"))
         }
-        assert!(started.elapsed() < Duration::from_secs(10), "{} never appeared", file.display());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }
 
 fn machine_names(command: &Value) -> Vec<&str> {
@@ -93,18 +93,11 @@ pub async fn wait_for_command(
     what: &str,
     done: impl Fn(&Value) -> bool,
 ) -> Value {
-    let started = Instant::now();
-    loop {
+    eventually(what, Duration::from_secs(60), || async {
         let command = get_command(app, token, id, command_id).await;
-        if done(&command) {
-            return command;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "gave up waiting for {what}: {command:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        if done(&command) { Ok(command) } else { Err(format!("{command:#}")) }
+    })
+    .await
 }
 
 /// A local machine's directory on the host.
@@ -141,6 +134,15 @@ pub fn host_pid(id: &str, machine: &str, pid: u32) -> u32 {
 pub fn alive(pid: u32) -> bool {
     // A zombie has no cmdline; it is gone for our purposes.
     std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
+}
+
+/// Waits (up to 10 s) for the process `pid`, which ran `what`, to be gone.
+pub async fn gone(pid: u32, what: &str) {
+    eventually(&format!("{what} (pid {pid}) to stop"), Duration::from_secs(10), || {
+        let running = alive(pid);
+        async move { if running { Err("still running".to_owned()) } else { Ok(()) } }
+    })
+    .await;
 }
 
 /// The host end of a machine's link (from the sandbox's own record).
@@ -419,11 +421,11 @@ async fn max_errors_stops_the_rollout_and_cancel_stops_a_long_command() {
     assert!(cancelled["results"][4]["error"].as_str().unwrap().contains("before it was sent"));
     assert!(cancelled["cancel_requested_at"].is_string());
     // The agents killed the running commands' process groups.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while pids.iter().any(|pid| alive(*pid)) {
-        assert!(Instant::now() < deadline, "cancelled commands still run: {pids:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("the cancelled commands to stop", Duration::from_secs(10), || {
+        let running: Vec<u32> = pids.iter().copied().filter(|pid| alive(*pid)).collect();
+        async move { if running.is_empty() { Ok(()) } else { Err(format!("{running:?} run")) } }
+    })
+    .await;
     assert!(
         !marker(&app, &id, "local-2", "local-2.pid").exists(),
         "a machine not started must never run it"
@@ -655,13 +657,9 @@ async fn sigterm_interrupts_running_commands_and_records_them_before_exiting() {
         host_pid(&id, "local-4", read_pid(&marker(&first, &id, "local-4", "local-4.pid")).await);
 
     let started = Instant::now();
-    assert!(first.terminate().success());
+    assert!(first.terminate().await.success());
     assert!(started.elapsed() < Duration::from_secs(30), "shutdown took {:?}", started.elapsed());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while alive(pid) {
-        assert!(Instant::now() < deadline, "the interrupted command still runs");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    gone(pid, "the interrupted command").await;
 
     let second = app().provisioning().dir(first.into_dir()).spawn().await;
     let command = get_command(&second, &token, &id, &command_id).await;

@@ -397,17 +397,15 @@ impl TestApp {
     }
 
     /// Sends SIGTERM and waits for the process to exit.
-    pub fn terminate(&mut self) -> ExitStatus {
+    pub async fn terminate(&mut self) -> ExitStatus {
         self.send_sigterm();
         // Runs get SIGINT and the test servers' 10 s cancel grace; on a loaded machine the
         // whole shutdown may take a while longer than that grace.
-        for _ in 0..600 {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("nim-backend did not exit within 30 s of SIGTERM");
+        eventually("nim-backend to exit after SIGTERM", Duration::from_secs(30), || {
+            let exited = self.child.try_wait().expect("try_wait");
+            async move { exited.ok_or_else(|| "still running".to_owned()) }
+        })
+        .await
     }
 
     /// Stops the server (if still running) and hands back its directory, to start another
@@ -472,25 +470,65 @@ pub fn nimctl_binary() -> PathBuf {
     workspace_binary("cli", "nimctl")
 }
 
-/// A binary of another workspace package, built beside `nim-backend`: by this test run if it is
-/// not there yet (`cargo test -p backend` alone does not build other packages).
+/// A binary of another workspace package, from beside `nim-backend`. The tests never build
+/// anything themselves: `cargo test --workspace` (what `./dev test` runs) builds every binary of
+/// the workspace once, with the same features as the tests. One missing, or older than its
+/// package's sources (a `cargo test -p backend` after an edit elsewhere), is a failure that says
+/// so rather than a silent nested build or a test of stale code.
 fn workspace_binary(package: &str, bin: &str) -> PathBuf {
-    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let path = Path::new(env!("CARGO_BIN_EXE_nim-backend")).with_file_name(bin);
-    let mut built = BUILT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    if !built.iter().any(|b| b == bin) {
-        // Always ask cargo: it rebuilds a binary whose sources changed and is quick otherwise.
-        // Build with the profile this binary was built with (benches run in release).
-        let release = path.parent().is_some_and(|dir| dir.ends_with("release"));
-        let mut args = vec!["build", "-p", package, "--bin", bin];
-        if release {
-            args.push("--release");
+    let hint =
+        "run the suite with `./dev test` or `cargo test --workspace`, which build every binary";
+    let built = std::fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| panic!("{} is not built: {hint}", path.display()));
+    let crates = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for sources in [crates.join(package).join("src"), crates.join("wire/src")] {
+        if let Some(newer) = newest_file(&sources).filter(|(at, _)| *at > built) {
+            panic!("{} is older than {}: {hint}", path.display(), newer.1.display());
         }
-        let status = Command::new(env!("CARGO")).args(args).status().expect("cargo runs");
-        assert!(status.success(), "failed to build {bin} for the tests");
-        built.push(bin.to_owned());
     }
     path
+}
+
+/// The most recently modified file under `dir`, and when.
+fn newest_file(dir: &Path) -> Option<(std::time::SystemTime, PathBuf)> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter_map(|entry| {
+            let path = entry.path();
+            if path.is_dir() {
+                newest_file(&path)
+            } else {
+                Some((entry.metadata().ok()?.modified().ok()?, path))
+            }
+        })
+        .max()
+}
+
+/// Polls `probe` until it answers `Ok`, and returns that. `Err` carries what it saw this time,
+/// which the failure after `timeout` shows with `what` it was waiting for. Polls quickly at
+/// first, then every quarter second.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        let seen = match probe().await {
+            Ok(done) => return done,
+            Err(seen) => seen,
+        };
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up after {timeout:?} waiting for {what}; last seen: {seen}"
+        );
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(250));
+    }
 }
 
 /// A modules folder with the repository's `terraform/local` and the test fixtures. Fixtures

@@ -19,7 +19,8 @@ use serde_json::json;
 use crate::{
     commands::{get_command, start, wait_for_command},
     helpers::{
-        Reuse, app, assert_problem, backend_command, json_ok, postgres_requested, spawn_app,
+        Reuse, app, assert_problem, backend_command, eventually, json_ok, postgres_requested,
+        spawn_app,
     },
     provisioning::{agents, provision, provision_ready, wait_for, wait_for_status},
 };
@@ -374,11 +375,11 @@ async fn a_full_data_disk_refuses_writes_with_503_keeps_reads_and_recovers_witho
     assert_eq!(seen["name"], "slow");
 
     // The apply cannot save its state and ends; its end is recorded once space returns.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !processes_in(&data).is_empty() {
-        assert!(Instant::now() < deadline, "terraform still runs");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually("terraform to stop", Duration::from_secs(60), || {
+        let running = processes_in(&data);
+        async move { if running.is_empty() { Ok(()) } else { Err(format!("pids {running:?}")) } }
+    })
+    .await;
     std::fs::remove_file(filler).unwrap();
     let failed = wait_for(&app, &token, &id, "the run's end", |d| {
         d["latest_run"]["status"] != "running" && d["status"] != "provisioning"
@@ -563,13 +564,11 @@ async fn sigterm_under_load_answers_or_cleanly_closes_every_request_and_records_
     let before = tally.answered.load(Ordering::Relaxed);
     first.send_sigterm();
     let signalled = Instant::now();
-    let status = loop {
-        if let Some(status) = first.exit_status() {
-            break status;
-        }
-        assert!(signalled.elapsed() < Duration::from_secs(GRACE_SECS + 5), "still running");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = eventually("the server to exit", Duration::from_secs(GRACE_SECS + 5), || {
+        let exited = first.exit_status();
+        async move { exited.ok_or_else(|| "still running".to_owned()) }
+    })
+    .await;
     let took = signalled.elapsed();
     tokio::time::sleep(Duration::from_millis(200)).await;
     stop.store(true, Ordering::Relaxed);

@@ -15,32 +15,16 @@ use std::{
 
 use nim_backend::store::testing::{PostgresDatabase, postgres_server};
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::json;
 use sqlx::{Connection, PgConnection, Row};
 use tokio::{net::TcpListener, task::AbortHandle};
 
 use crate::{
-    commands::{alive, host_pid, marker, read_pid, start, wait_for_command},
-    helpers::{TestApp, app, assert_problem, json_ok, read_events_until_finished},
+    commands::{alive, gone, host_pid, marker, read_pid, start, wait_for_command},
+    helpers::{app, assert_problem, eventually, json_ok, read_events_until_finished},
     provisioning::agents,
     provisioning::{provision, wait_for, wait_for_status},
 };
-
-async fn wait_status(app: &TestApp, token: &str, id: &str, status: &str) -> Value {
-    let started = Instant::now();
-    loop {
-        let deployment =
-            json_ok(app.get(&format!("/infrastructure/{id}"), Some(token)).await).await;
-        if deployment["status"] == status {
-            return deployment;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(180),
-            "waiting for {status}: {deployment:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
 
 /// Makes a plain Postgres look like a Supabase database where it matters to our policies: the
 /// `anon` and `authenticated` roles and `auth.uid()` reading the request's JWT claims.
@@ -103,7 +87,7 @@ async fn supabase_users_read_only_their_own_rows_and_never_secrets() {
             json!({"name": name, "provider": "failing", "variables": {"reason": "x"}}),
         )
         .await;
-        wait_status(&app, token, created["deployment"]["id"].as_str().unwrap(), "failed").await;
+        wait_for_status(&app, token, created["deployment"]["id"].as_str().unwrap(), "failed").await;
     }
 
     let rows = as_user(
@@ -220,14 +204,11 @@ async fn a_database_outage_gives_503s_and_the_server_recovers_without_a_restart(
     json_ok(app.get("/healthz", None).await).await;
 
     proxy.restore();
-    let started = Instant::now();
-    loop {
-        if app.get("/readyz", None).await.status() == StatusCode::OK {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(30), "did not recover");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually("/readyz to recover", Duration::from_secs(30), || async {
+        let status = app.get("/readyz", None).await.status();
+        if status == StatusCode::OK { Ok(()) } else { Err(status.to_string()) }
+    })
+    .await;
     let list = json_ok(app.get("/infrastructure", Some(&token)).await).await;
     assert_eq!(list["items"], json!([]));
 }
@@ -273,9 +254,7 @@ async fn two_replicas_share_the_work_and_take_over_from_a_killed_one() {
         .collect();
 
     // Kill B while it runs something: find a run B holds.
-    let started = Instant::now();
-    let victim = loop {
-        let mut found = None;
+    let victim = eventually("replica B to run something", Duration::from_secs(60), || async {
         for id in &ids {
             let deployment =
                 json_ok(a.get(&format!("/infrastructure/{id}"), Some(&token)).await).await;
@@ -295,21 +274,17 @@ async fn two_replicas_share_the_work_and_take_over_from_a_killed_one() {
                     .iter()
                     .any(|e| e["data"]["worker"] == "replica-b")
                 {
-                    found = Some(id.clone());
-                    break;
+                    return Ok(id.clone());
                 }
             }
         }
-        if let Some(id) = found {
-            break id;
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "replica B never ran anything");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        Err("no run held by replica-b".to_owned())
+    })
+    .await;
     b.kill9();
 
     for id in &ids {
-        let ready = wait_status(&a, &token, id, "ready").await;
+        let ready = wait_for_status(&a, &token, id, "ready").await;
         assert_eq!(ready["machines"].as_array().unwrap().len(), 1);
     }
     // A's event streams saw runs executing on B (before it died) and on A.
@@ -380,7 +355,7 @@ async fn two_replicas_share_the_work_and_take_over_from_a_killed_one() {
         a.delete_as(&token, &format!("/infrastructure/{id}")).await;
     }
     for id in &ids {
-        wait_status(&a, &token, id, "destroyed").await;
+        wait_for_status(&a, &token, id, "destroyed").await;
     }
     assert_eq!(agents(&a).len(), 0);
 }
@@ -423,11 +398,7 @@ async fn a_command_cancelled_through_another_replica_stops_on_the_replica_runnin
     assert_eq!(cancelled["results"][0]["status"], "cancelled");
     assert!(cancelled["results"][0]["error"].as_str().unwrap().contains("while it ran"));
     // Replica A stopped the call, and the agent killed the command's process group.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while alive(pid) {
-        assert!(Instant::now() < deadline, "the cancelled command still runs (pid {pid})");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    gone(pid, "the cancelled command").await;
 }
 
 #[tokio::test]
@@ -443,19 +414,18 @@ async fn a_new_deployments_state_waits_for_terraforms_creation_lock_instead_of_f
         provision(&app, &token, json!({"name": "w", "provider": "local", "variables": {}})).await;
     let id = created["deployment"]["id"].as_str().unwrap().to_owned();
     let run_id = created["run"]["id"].as_str().unwrap().to_owned();
-    let started = Instant::now();
-    loop {
+    eventually("the run to reach the workspace step", Duration::from_secs(60), || async {
         let run =
             json_ok(app.get(&format!("/infrastructure/{id}/runs/{run_id}"), Some(&token)).await)
                 .await;
         let events = run["events"].as_array().unwrap();
         if events.iter().any(|e| e["data"]["message"] == "terraform workspace") {
-            break;
+            return Ok(());
         }
         assert!(["queued", "running"].contains(&run["status"].as_str().unwrap()), "{run:#}");
-        assert!(started.elapsed() < Duration::from_secs(60), "never reached the workspace step");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        Err(format!("{run:#}"))
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     sqlx::query("SELECT pg_advisory_unlock(-1)").execute(&mut holder).await.unwrap();
 

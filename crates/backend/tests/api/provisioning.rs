@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    TestApp, app, assert_problem, error_fields, json_ok, read_events_until_finished,
+    TestApp, app, assert_problem, error_fields, eventually, json_ok, read_events_until_finished,
 };
 
 /// How long any run may take in these tests before they give up (a loaded 2-core machine).
@@ -41,19 +41,12 @@ pub async fn wait_for(
     what: &str,
     done: impl Fn(&Value) -> bool,
 ) -> Value {
-    let started = Instant::now();
-    loop {
+    eventually(what, RUN_WAIT, || async {
         let deployment =
             json_ok(app.get(&format!("/infrastructure/{id}"), Some(token)).await).await;
-        if done(&deployment) {
-            return deployment;
-        }
-        assert!(
-            started.elapsed() < RUN_WAIT,
-            "gave up waiting for {what}; last seen: {deployment:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        if done(&deployment) { Ok(deployment) } else { Err(format!("{deployment:#}")) }
+    })
+    .await
 }
 
 pub async fn wait_for_status(app: &TestApp, token: &str, id: &str, status: &str) -> Value {
@@ -628,7 +621,7 @@ async fn sigterm_during_a_run_interrupts_it_cleanly_and_the_next_start_resumes_i
     })
     .await;
     let started = Instant::now();
-    let status = first.terminate();
+    let status = first.terminate().await;
     assert!(status.success(), "{status:?}");
     assert!(started.elapsed() < Duration::from_secs(30), "shutdown took {:?}", started.elapsed());
 

@@ -90,7 +90,7 @@ async fn cors_allows_only_the_configured_origins() {
 async fn sigterm_stops_the_server_cleanly() {
     let mut app = spawn_app().await;
     json_ok(app.get("/healthz", None).await).await;
-    let status = app.terminate();
+    let status = app.terminate().await;
     assert!(status.success(), "exit status {status:?}");
     assert!(
         app.client.get(app.url("/healthz")).send().await.is_err(),
