@@ -172,3 +172,81 @@ async fn only_a_running_run_is_requeued() {
         }
     }
 }
+
+#[tokio::test]
+async fn concurrent_claims_take_each_run_once_and_a_lone_claim_takes_the_oldest() {
+    for (store, _guard) in stores().await {
+        let mut queued = Vec::new();
+        for _ in 0..6 {
+            let (_, run) =
+                deployment_with_run(&store, DeploymentStatus::Pending, RunStatus::Queued).await;
+            queued.push(run.id);
+        }
+        let at = now();
+        let lease = at + chrono::Duration::seconds(60);
+        // Six claims at once from three workers: each run exactly once.
+        let claims = (0..6).map(|i| {
+            let store = store.clone();
+            async move { store.claim_next_run(&format!("w{}", i % 3), lease, at).await.unwrap() }
+        });
+        let claimed: Vec<RunRow> =
+            futures_util::future::join_all(claims).await.into_iter().flatten().collect();
+        let mut ids: Vec<Uuid> = claimed.iter().map(|r| r.id).collect();
+        ids.sort();
+        assert_eq!(ids, queued, "every run claimed once");
+        assert!(claimed.iter().all(|r| r.status == RunStatus::Running && r.lease_owner.is_some()));
+        assert!(store.claim_next_run("w0", lease, at).await.unwrap().is_none());
+        // One at a time, the oldest queued run goes first.
+        let (_, older) =
+            deployment_with_run(&store, DeploymentStatus::Pending, RunStatus::Queued).await;
+        deployment_with_run(&store, DeploymentStatus::Pending, RunStatus::Queued).await;
+        let first = store.claim_next_run("w0", lease, at).await.unwrap().unwrap();
+        assert_eq!(first.id, older.id);
+    }
+}
+
+#[tokio::test]
+async fn only_the_lease_holder_renews_and_a_lapsed_lease_makes_a_run_stale() {
+    for (store, _guard) in stores().await {
+        deployment_with_run(&store, DeploymentStatus::Pending, RunStatus::Queued).await;
+        let at = now();
+        let lease = at + chrono::Duration::seconds(10);
+        let run = store.claim_next_run("holder", lease, at).await.unwrap().unwrap();
+        assert!(!store.renew_lease(run.id, "intruder", lease).await.unwrap());
+        assert!(store.stale_runs(at, false, Some("other")).await.unwrap().is_empty());
+        // Its own name finds its leftovers at once; anyone finds them once the lease lapses.
+        let mine = store.stale_runs(at, false, Some("holder")).await.unwrap();
+        assert_eq!(mine.iter().map(|r| r.id).collect::<Vec<_>>(), [run.id]);
+        let lapsed = lease + chrono::Duration::seconds(1);
+        assert_eq!(store.stale_runs(lapsed, false, None).await.unwrap().len(), 1);
+        // Renewed by its holder, it is live again at that time.
+        let renewed = lapsed + chrono::Duration::seconds(60);
+        assert!(store.renew_lease(run.id, "holder", renewed).await.unwrap());
+        assert!(store.stale_runs(lapsed, false, None).await.unwrap().is_empty());
+        // A finished run holds no lease to renew.
+        let end = (DeploymentStatus::Failed, None);
+        assert!(store.finish_run(run.id, RunStatus::Failed, None, end, now()).await.unwrap());
+        assert!(!store.renew_lease(run.id, "holder", renewed).await.unwrap());
+    }
+}
+
+#[tokio::test]
+async fn a_deployment_has_at_most_one_active_run() {
+    for (store, _guard) in stores().await {
+        let (id, run) =
+            deployment_with_run(&store, DeploymentStatus::Ready, RunStatus::Queued).await;
+        let second = RunRow::queued(id, RunKind::Destroy, 0, now());
+        let refused = store.queue_destroy(&second, now()).await;
+        assert!(
+            matches!(refused, Err(StoreError::Conflict("runs_one_active_per_deployment"))),
+            "{refused:?}"
+        );
+        assert_eq!(status_of(&store, id).await, DeploymentStatus::Ready, "nothing moved");
+        store.request_cancel(id, run.id, now()).await.unwrap();
+        // With the first run over, the destroy is queued and the deployment moves (the cancel
+        // of a queued run on a ready deployment does not fail it: `ready → failed` is no move).
+        let destroy = RunRow::queued(id, RunKind::Destroy, 0, now());
+        assert!(store.queue_destroy(&destroy, now()).await.unwrap());
+        assert_eq!(status_of(&store, id).await, DeploymentStatus::Destroying);
+    }
+}
