@@ -477,4 +477,85 @@ mod tests {
             assert_eq!(status(live.id).await, CommandStatus::Interrupted);
         }
     }
+
+    #[tokio::test]
+    async fn results_and_commands_change_only_while_unfinished() {
+        for (store, _guard) in stores().await {
+            let deployment_id = deployment(&store).await;
+            let command = command(deployment_id);
+            let result = |machine: &str, seq| CommandResultRow {
+                command_id: command.id,
+                seq,
+                machine: machine.into(),
+                ..Default::default()
+            };
+            let lease = now() + chrono::Duration::seconds(60);
+            store
+                .create_command(
+                    &command,
+                    &[result("a", 0), result("b", 1), result("c", 2)],
+                    "r",
+                    lease,
+                )
+                .await
+                .unwrap();
+            store
+                .start_command_results(command.id, vec!["a".into(), "b".into()], now())
+                .await
+                .unwrap();
+            let ended = |machine: &str, status| CommandResultRow { status, ..result(machine, 0) };
+            store
+                .finish_command_results(
+                    deployment_id,
+                    vec![ended("a", ResultStatus::Succeeded)],
+                    now(),
+                )
+                .await
+                .unwrap();
+            // A final result is never overwritten, and a started one is not started again.
+            store
+                .finish_command_results(
+                    deployment_id,
+                    vec![ended("a", ResultStatus::Failed)],
+                    now(),
+                )
+                .await
+                .unwrap();
+            store.start_command_results(command.id, vec!["a".into()], now()).await.unwrap();
+            let statuses = |store: Store| async move {
+                let results = store.command_results(command.id).await.unwrap();
+                results.iter().map(|r| (r.machine.clone(), r.status)).collect::<Vec<_>>()
+            };
+            use ResultStatus::*;
+            let expect =
+                |c| vec![("a".to_owned(), Succeeded), ("b".into(), Running), ("c".into(), c)];
+            assert_eq!(statuses(store.clone()).await, expect(Pending));
+            // Ending the command ends what had not finished, once.
+            let leftover = (Cancelled, "cancelled".to_owned());
+            assert!(
+                store
+                    .finish_command(command.id, CommandStatus::Cancelled, leftover.clone(), now())
+                    .await
+                    .unwrap()
+            );
+            let mut after = expect(Cancelled);
+            after[1].1 = Cancelled;
+            assert_eq!(statuses(store.clone()).await, after);
+            assert!(
+                !store
+                    .finish_command(command.id, CommandStatus::Failed, leftover, now())
+                    .await
+                    .unwrap()
+            );
+            let found = store.find_command(deployment_id, command.id).await.unwrap().unwrap();
+            assert_eq!(found.status, CommandStatus::Cancelled);
+            assert!(
+                store
+                    .request_command_cancel(deployment_id, command.id, now())
+                    .await
+                    .unwrap()
+                    .is_none()
+            );
+        }
+    }
 }
