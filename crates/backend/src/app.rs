@@ -18,12 +18,12 @@ use crate::{
         auth::{AuthService, JwtKeys, LocalAuth, SupabaseAuth, SupabaseOptions},
         cloud_client::{CloudClientConfig, CloudClientService},
         commands::CommandService,
-        deployments::Provisioning,
+        deployments::{DeploymentDeps, DeploymentService},
         events::EventBus,
         health::HealthChecker,
         local_machines::{LocalMachines, LocalSettings},
-        terraform::{ModuleCatalog, Terraform},
-        worker::{RunWorker, WorkerSettings},
+        runs::{RunWorker, WorkerSettings},
+        terraform::{ModuleCatalog, Terraform, TerraformService},
     },
     store::Store,
 };
@@ -59,7 +59,8 @@ impl Application {
         tracing::info!(database = %redact_database_url(&database_url), "database ready");
 
         let auth = build_auth(&config, store.clone()).await?;
-        let (provisioning, machine_listener) = build_provisioning(&config, store.clone()).await?;
+        let (deployments, terraform, machine_listener) =
+            build_deployments(&config, store.clone()).await?;
         let bus = EventBus::default();
         let cloud = Arc::new(CloudClientService::new(CloudClientConfig::default()));
         let shutdown = CancellationToken::new();
@@ -70,20 +71,21 @@ impl Application {
         });
         let lease = std::time::Duration::from_secs(config.run_lease_secs);
         let commands = CommandService::new(
-            provisioning.clone(),
+            deployments.clone(),
             cloud.clone(),
             shutdown.clone(),
             replica.clone(),
             lease,
         );
         let health = HealthChecker::new(
-            provisioning.clone(),
+            deployments.clone(),
             cloud.clone(),
             Duration::from_secs(config.health_interval_secs),
             config.health_concurrency as usize,
         );
         let worker = RunWorker::new(
-            provisioning.clone(),
+            deployments.clone(),
+            terraform,
             cloud,
             bus.clone(),
             WorkerSettings {
@@ -111,7 +113,7 @@ impl Application {
             auth,
             auth_rate_limiter: Arc::new(AuthRateLimiter::per_minute(per_minute)),
             client_addr: ClientAddrSource { trust_forwarded_for: config.trust_forwarded_for },
-            provisioning: Arc::new(provisioning),
+            deployments: Arc::new(deployments),
             commands: commands.clone(),
             bus: bus.clone(),
             request_timeout: RequestTimeout(config.request_timeout()),
@@ -248,10 +250,12 @@ impl Application {
     }
 }
 
-async fn build_provisioning(
+/// The deployment service and the Terraform service it and the run worker share, and the
+/// machine-facing listener when local machines are available.
+async fn build_deployments(
     config: &Config,
     store: Store,
-) -> anyhow::Result<(Provisioning, Option<TcpListener>)> {
+) -> anyhow::Result<(DeploymentService, Arc<TerraformService>, Option<TcpListener>)> {
     let store_is_postgres = store.is_postgres();
     let modules_dir = config.modules_dir();
     let catalog = ModuleCatalog::load(&modules_dir)?;
@@ -319,23 +323,23 @@ async fn build_provisioning(
         }
         Err(_) => None,
     };
-    let provisioning = Provisioning {
-        store,
-        local: Arc::new(local),
-        local_limit_lock: Arc::new(tokio::sync::Mutex::new(())),
-        catalog: Arc::new(catalog),
+    let terraform = Arc::new(TerraformService::new(
         terraform,
+        store_is_postgres.then(|| config.database_url()),
+        store.clone(),
+        std::time::Duration::from_secs(config.run_cancel_grace_secs),
+    ));
+    let deployments = DeploymentService::new(DeploymentDeps {
+        store,
+        catalog,
+        terraform: terraform.clone(),
         secret_box: SecretBox::new(&key)?,
         data_dir: std::fs::canonicalize(&config.data_dir)
             .with_context(|| format!("failed to resolve {}", config.data_dir.display()))?,
-        agent_distribution: Arc::new(agent_distribution),
-        cancel_grace: std::time::Duration::from_secs(config.run_cancel_grace_secs),
-        work_queued: Arc::new(tokio::sync::Notify::new()),
-        machines_ready: Arc::new(tokio::sync::Notify::new()),
-        plugin_cache: Arc::default(),
-        state_database: store_is_postgres.then(|| config.database_url()),
-    };
-    Ok((provisioning, machine_listener))
+        agent_distribution,
+        local,
+    });
+    Ok((deployments, terraform, machine_listener))
 }
 
 async fn build_auth(config: &Config, store: Store) -> anyhow::Result<Arc<dyn AuthService>> {

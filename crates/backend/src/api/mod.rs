@@ -24,7 +24,8 @@ pub use router::{machine_router, openapi, router};
 
 use crate::{
     services::{
-        auth::AuthService, commands::CommandService, deployments::Provisioning, events::EventBus,
+        auth::AuthService, commands::CommandService, deployments::DeploymentService,
+        events::EventBus,
     },
     store::Store,
 };
@@ -36,7 +37,7 @@ pub struct AppState {
     pub auth: Arc<dyn AuthService>,
     pub auth_rate_limiter: Arc<AuthRateLimiter>,
     pub client_addr: ClientAddrSource,
-    pub provisioning: Arc<Provisioning>,
+    pub deployments: Arc<DeploymentService>,
     pub commands: CommandService,
     pub bus: EventBus,
     pub request_timeout: RequestTimeout,

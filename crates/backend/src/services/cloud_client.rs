@@ -64,10 +64,10 @@ impl AgentTarget {
     }
 }
 
-/// How one machine's call ended.
+/// How one machine's call ended (not its health: that is the domain's `MachineStatus`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum MachineStatus {
+pub enum CallOutcome {
     /// The agent answered; for exec, the command exited 0.
     Succeeded,
     /// The command exited non-zero or was killed, or the agent answered with a server error.
@@ -84,7 +84,7 @@ pub enum MachineStatus {
 #[derive(Debug, Clone, Serialize)]
 pub struct MachineResult<T> {
     pub machine: String,
-    pub status: MachineStatus,
+    pub status: CallOutcome,
     /// The agent's answer, when there was one.
     pub response: Option<T>,
     /// Why the call did not succeed, when there is no exit code to say it.
@@ -115,15 +115,18 @@ pub enum AgentCallError {
 }
 
 impl AgentCallError {
-    pub fn status(&self) -> MachineStatus {
+    pub fn status(&self) -> CallOutcome {
         match self {
-            Self::Unreachable(_) => MachineStatus::Unreachable,
-            Self::TimedOut(_) => MachineStatus::TimedOut,
-            Self::Rejected { .. } => MachineStatus::Rejected,
-            Self::Failed(_) => MachineStatus::Failed,
+            Self::Unreachable(_) => CallOutcome::Unreachable,
+            Self::TimedOut(_) => CallOutcome::TimedOut,
+            Self::Rejected { .. } => CallOutcome::Rejected,
+            Self::Failed(_) => CallOutcome::Failed,
         }
     }
 }
+
+/// Agents whose health `wait_ready` polls at once.
+const READY_CONCURRENCY: usize = 64;
 
 /// Settings of the service as a whole.
 #[derive(Debug, Clone)]
@@ -148,22 +151,6 @@ impl Default for CloudClientConfig {
             exec_response_margin: Duration::from_secs(5),
             max_cached_clients: 1024,
         }
-    }
-}
-
-/// Options of one fan-out of a command.
-#[derive(Debug, Clone)]
-pub struct ExecOptions {
-    /// The command's timeout on each machine, used when the request sets no `timeout_ms`. The
-    /// call to a machine gives up `exec_response_margin` after the command's timeout.
-    pub timeout: Duration,
-    /// Machines called at once.
-    pub max_concurrency: usize,
-}
-
-impl Default for ExecOptions {
-    fn default() -> Self {
-        Self { timeout: Duration::from_secs(60), max_concurrency: 64 }
     }
 }
 
@@ -327,15 +314,16 @@ impl CloudClientService {
         Ok(client)
     }
 
-    /// Asks every machine's agent whether it is up.
-    #[tracing::instrument(skip_all, fields(machines = machines.len()))]
-    pub async fn health(&self, machines: &[AgentTarget]) -> Vec<MachineResult<HealthResponse>> {
-        let timeout = self.config.call_timeout;
-        self.fan_out(
-            machines,
-            ExecOptions::default().max_concurrency,
+    /// Asks one machine's agent whether it is up; the readiness gate polls this.
+    pub async fn health_one(
+        &self,
+        machine: &AgentTarget,
+        timeout: Duration,
+    ) -> MachineResult<HealthResponse> {
+        self.call_one(
+            machine.clone(),
             |agent| async move { agent.health(timeout).await },
-            |_| (MachineStatus::Succeeded, None),
+            |_| (CallOutcome::Succeeded, None),
         )
         .await
     }
@@ -344,26 +332,6 @@ impl CloudClientService {
     #[tracing::instrument(skip_all, fields(machine = %machine.name))]
     pub async fn info(&self, machine: &AgentTarget) -> Result<InfoResponse, AgentCallError> {
         self.agent(machine)?.info(self.config.call_timeout).await
-    }
-
-    /// Runs one command on every machine, at most `options.max_concurrency` at a time; results
-    /// come back in the order of `machines`.
-    #[tracing::instrument(skip_all, fields(machines = machines.len()))]
-    pub async fn exec(
-        &self,
-        machines: &[AgentTarget],
-        request: &ExecRequest,
-        options: &ExecOptions,
-    ) -> Vec<MachineResult<ExecResponse>> {
-        let (request, call_timeout) = self.exec_call(request, options.timeout);
-        let request = &request;
-        self.fan_out(
-            machines,
-            options.max_concurrency,
-            |agent| async move { agent.exec(request, call_timeout).await },
-            exec_status,
-        )
-        .await
     }
 
     /// Runs one command on one machine. Dropping the future hangs up on the agent, which kills
@@ -417,18 +385,17 @@ impl CloudClientService {
                 return Err(NotReady { total: machines.len(), pending });
             }
             let timeout = self.config.call_timeout.min(remaining);
-            let results = self
-                .fan_out(
-                    &pending,
-                    ExecOptions::default().max_concurrency,
-                    |agent| async move { agent.health(timeout).await },
-                    |_| (MachineStatus::Succeeded, None),
-                )
+            // Each call owns its target: a closure over borrowed targets makes the future fail
+            // rustc's `Send` proof when a caller spawns it (as the run worker does).
+            let results: Vec<_> = stream::iter(pending.clone())
+                .map(|machine| async move { self.health_one(&machine, timeout).await })
+                .buffered(READY_CONCURRENCY)
+                .collect()
                 .await;
             let (still_pending, still_errors): (Vec<_>, Vec<_>) = pending
                 .into_iter()
                 .zip(results)
-                .filter(|(_, result)| result.status != MachineStatus::Succeeded)
+                .filter(|(_, result)| result.status != CallOutcome::Succeeded)
                 .map(|(machine, result)| (machine, result.error.unwrap_or_default()))
                 .unzip();
             (pending, errors) = (still_pending, still_errors);
@@ -447,7 +414,7 @@ impl CloudClientService {
         &self,
         machine: AgentTarget,
         call: F,
-        judge: fn(&T) -> (MachineStatus, Option<String>),
+        judge: fn(&T) -> (CallOutcome, Option<String>),
     ) -> MachineResult<T>
     where
         F: Fn(AgentClient) -> Fut,
@@ -482,38 +449,13 @@ impl CloudClientService {
             }
         }
     }
-
-    /// Calls every machine with at most `concurrency` calls in flight. Completion order does not
-    /// matter: a slow machine holds only its own slot, never the others' results.
-    async fn fan_out<'a, T, F, Fut>(
-        &self,
-        machines: &'a [AgentTarget],
-        concurrency: usize,
-        call: F,
-        judge: fn(&T) -> (MachineStatus, Option<String>),
-    ) -> Vec<MachineResult<T>>
-    where
-        F: Fn(AgentClient) -> Fut,
-        Fut: Future<Output = Result<T, AgentCallError>> + 'a,
-    {
-        // Each call owns its target: a closure over borrowed targets makes the fan-out's future
-        // fail rustc's `Send` proof when a caller spawns it (as the run worker and axum do).
-        let call = &call;
-        let calls = machines.iter().cloned().enumerate().map(|(index, machine)| async move {
-            (index, self.call_one(machine, call, judge).await)
-        });
-        let mut results: Vec<(usize, MachineResult<T>)> =
-            stream::iter(calls).buffer_unordered(concurrency.max(1)).collect().await;
-        results.sort_by_key(|(index, _)| *index);
-        results.into_iter().map(|(_, result)| result).collect()
-    }
 }
 
 /// `succeeded` only for exit 0; a timeout is `timed_out` even though the agent answered.
-fn exec_status(response: &ExecResponse) -> (MachineStatus, Option<String>) {
+fn exec_status(response: &ExecResponse) -> (CallOutcome, Option<String>) {
     if response.timed_out {
         (
-            MachineStatus::TimedOut,
+            CallOutcome::TimedOut,
             Some(format!(
                 "the command ran past its timeout and was killed after {} ms",
                 response.duration_ms
@@ -521,13 +463,13 @@ fn exec_status(response: &ExecResponse) -> (MachineStatus, Option<String>) {
         )
     } else {
         match (response.exit_code, response.signal) {
-            (Some(0), _) => (MachineStatus::Succeeded, None),
-            (Some(_), _) => (MachineStatus::Failed, None),
+            (Some(0), _) => (CallOutcome::Succeeded, None),
+            (Some(_), _) => (CallOutcome::Failed, None),
             (None, Some(signal)) => {
-                (MachineStatus::Failed, Some(format!("the command was killed by signal {signal}")))
+                (CallOutcome::Failed, Some(format!("the command was killed by signal {signal}")))
             }
             (None, None) => {
-                (MachineStatus::Failed, Some("the command ended without an exit status".to_owned()))
+                (CallOutcome::Failed, Some("the command ended without an exit status".to_owned()))
             }
         }
     }
@@ -555,14 +497,14 @@ mod tests {
     #[test]
     fn exit_status_decides_the_machine_status() {
         let exited = |code| ExecResponse { exit_code: Some(code), ..ExecResponse::default() };
-        assert_eq!(exec_status(&exited(0)).0, MachineStatus::Succeeded);
-        assert_eq!(exec_status(&exited(3)), (MachineStatus::Failed, None));
+        assert_eq!(exec_status(&exited(0)).0, CallOutcome::Succeeded);
+        assert_eq!(exec_status(&exited(3)), (CallOutcome::Failed, None));
         let killed = ExecResponse { signal: Some(9), ..ExecResponse::default() };
-        assert_eq!(exec_status(&killed).0, MachineStatus::Failed);
+        assert_eq!(exec_status(&killed).0, CallOutcome::Failed);
         assert!(exec_status(&killed).1.unwrap().contains("signal 9"));
         let timed_out =
             ExecResponse { signal: Some(9), timed_out: true, ..ExecResponse::default() };
-        assert_eq!(exec_status(&timed_out).0, MachineStatus::TimedOut);
+        assert_eq!(exec_status(&timed_out).0, CallOutcome::TimedOut);
     }
 
     #[test]
