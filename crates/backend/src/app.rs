@@ -260,40 +260,8 @@ async fn build_deployments(
     let modules_dir = config.modules_dir();
     let catalog = ModuleCatalog::load(&modules_dir)?;
     tracing::info!(dir = %modules_dir.display(), providers = ?catalog.names().collect::<Vec<_>>(), "modules loaded");
-    let terraform = match Terraform::discover(
-        config.terraform_bin.as_deref(),
-        &config.data_dir.join("plugin-cache"),
-    )
-    .await
-    {
-        Ok(terraform) => {
-            tracing::info!(version = terraform.version(), "terraform ready");
-            Ok(terraform)
-        }
-        Err(err) => {
-            tracing::warn!(
-                error = format!("{err:#}"),
-                "terraform is not available: provisioning will answer 503"
-            );
-            Err(format!("{err:#}"))
-        }
-    };
-    let agent_binary = config.agent_binary();
-    let agent_distribution = AgentDistribution::new(&agent_binary, config.public_url.clone());
-    match &agent_distribution.binary {
-        Some(binary) => {
-            tracing::info!(path = %binary.path.display(), target = %binary.target, sha256 = %binary.sha256, public_url = ?config.public_url, "agent binary ready for download")
-        }
-        None => tracing::warn!(
-            reason = agent_distribution.missing_reason.as_deref().unwrap_or_default(),
-            "no agent binary to serve: cloud providers will answer 503"
-        ),
-    }
-    if config.public_url.is_none()
-        && catalog.modules().any(|m| m.variables.contains_key("agent_download_url"))
-    {
-        tracing::warn!("NIM_PUBLIC_URL is not set: cloud providers will answer 503 until it is");
-    }
+    let terraform = discover_terraform(config).await;
+    let agent_distribution = agent_distribution(config, &catalog);
     let key = match &config.encryption_key {
         Some(key) => key.clone(),
         // Replicas sharing a database must share the key; a per-replica generated one would
@@ -340,6 +308,49 @@ async fn build_deployments(
         local,
     });
     Ok((deployments, terraform, machine_listener))
+}
+
+/// The Terraform CLI, or why there is none (provisioning then answers 503).
+async fn discover_terraform(config: &Config) -> Result<Terraform, String> {
+    match Terraform::discover(
+        config.terraform_bin.as_deref(),
+        &config.data_dir.join("plugin-cache"),
+    )
+    .await
+    {
+        Ok(terraform) => {
+            tracing::info!(version = terraform.version(), "terraform ready");
+            Ok(terraform)
+        }
+        Err(err) => {
+            tracing::warn!(
+                error = format!("{err:#}"),
+                "terraform is not available: provisioning will answer 503"
+            );
+            Err(format!("{err:#}"))
+        }
+    }
+}
+
+/// The agent binary cloud machines download, said in the log either way.
+fn agent_distribution(config: &Config, catalog: &ModuleCatalog) -> AgentDistribution {
+    let agent_binary = config.agent_binary();
+    let agent_distribution = AgentDistribution::new(&agent_binary, config.public_url.clone());
+    match &agent_distribution.binary {
+        Some(binary) => {
+            tracing::info!(path = %binary.path.display(), target = %binary.target, sha256 = %binary.sha256, public_url = ?config.public_url, "agent binary ready for download")
+        }
+        None => tracing::warn!(
+            reason = agent_distribution.missing_reason.as_deref().unwrap_or_default(),
+            "no agent binary to serve: cloud providers will answer 503"
+        ),
+    }
+    if config.public_url.is_none()
+        && catalog.modules().any(|m| m.variables.contains_key("agent_download_url"))
+    {
+        tracing::warn!("NIM_PUBLIC_URL is not set: cloud providers will answer 503 until it is");
+    }
+    agent_distribution
 }
 
 async fn build_auth(config: &Config, store: Store) -> anyhow::Result<Arc<dyn AuthService>> {

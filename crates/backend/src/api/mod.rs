@@ -11,6 +11,7 @@ mod health;
 mod infrastructure;
 mod rate_limit;
 mod router;
+mod views;
 
 use std::sync::Arc;
 

@@ -1,7 +1,10 @@
 //! The plan's `CloudClientService`: the backend's side of the agent protocol. It calls the
 //! `nim-agent` on each machine of a deployment over HTTPS with the deployment's pinned
 //! certificate and bearer token, fans a call out to many machines with bounded concurrency and a
-//! per-machine timeout, and returns one result per machine even when some fail.
+//! per-machine timeout, and returns one result per machine even when some fail. `agent.rs` is
+//! the typed client of one agent.
+
+mod agent;
 
 use std::{
     collections::HashMap,
@@ -14,8 +17,10 @@ use std::{
 use futures_util::{StreamExt, stream};
 use reqwest::header::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
-use serde::{Serialize, de::DeserializeOwned};
-use wire::{ExecRequest, ExecResponse, HealthResponse, InfoResponse, Problem};
+use serde::Serialize;
+use wire::{ExecRequest, ExecResponse, HealthResponse, InfoResponse};
+
+pub use self::agent::{AgentCallError, AgentClient};
 
 use super::certs::{AgentPin, CertError};
 
@@ -101,30 +106,6 @@ fn serialize_millis<S: serde::Serializer>(
     serializer.serialize_u64(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// Why a call to one agent failed.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum AgentCallError {
-    #[error("cannot reach the agent: {0}")]
-    Unreachable(String),
-    #[error("the agent did not answer within {} ms", .0.as_millis())]
-    TimedOut(Duration),
-    #[error("the agent refused the request ({status}): {detail}")]
-    Rejected { status: u16, detail: String },
-    #[error("the agent failed: {0}")]
-    Failed(String),
-}
-
-impl AgentCallError {
-    pub fn status(&self) -> CallOutcome {
-        match self {
-            Self::Unreachable(_) => CallOutcome::Unreachable,
-            Self::TimedOut(_) => CallOutcome::TimedOut,
-            Self::Rejected { .. } => CallOutcome::Rejected,
-            Self::Failed(_) => CallOutcome::Failed,
-        }
-    }
-}
-
 /// Agents whose health `wait_ready` polls at once.
 const READY_CONCURRENCY: usize = 64;
 
@@ -167,93 +148,6 @@ fn describe(pending: &[(String, String)]) -> String {
     pending.iter().map(|(name, error)| format!("{name} ({error})")).collect::<Vec<_>>().join(", ")
 }
 
-/// A typed client of one agent: one method per endpoint, wire types in and out.
-#[derive(Clone)]
-pub struct AgentClient {
-    http: reqwest::Client,
-    base_url: String,
-    authorization: HeaderValue,
-}
-
-impl AgentClient {
-    pub async fn health(&self, timeout: Duration) -> Result<HealthResponse, AgentCallError> {
-        let request = self.http.get(format!("{}/v1/health", self.base_url));
-        send(request, timeout).await
-    }
-
-    pub async fn info(&self, timeout: Duration) -> Result<InfoResponse, AgentCallError> {
-        let request = self
-            .http
-            .get(format!("{}/v1/info", self.base_url))
-            .header(reqwest::header::AUTHORIZATION, self.authorization.clone());
-        send(request, timeout).await
-    }
-
-    /// Runs a command; `timeout` bounds the whole call, so it should exceed the command's own.
-    pub async fn exec(
-        &self,
-        request: &ExecRequest,
-        timeout: Duration,
-    ) -> Result<ExecResponse, AgentCallError> {
-        let request = self
-            .http
-            .post(format!("{}/v1/exec", self.base_url))
-            .header(reqwest::header::AUTHORIZATION, self.authorization.clone())
-            .json(request);
-        send(request, timeout).await
-    }
-}
-
-async fn send<T: DeserializeOwned>(
-    request: reqwest::RequestBuilder,
-    timeout: Duration,
-) -> Result<T, AgentCallError> {
-    let response = request.timeout(timeout).send().await.map_err(|err| classify(&err, timeout))?;
-    let status = response.status();
-    if status.is_success() {
-        return response.json::<T>().await.map_err(|err| match classify(&err, timeout) {
-            AgentCallError::TimedOut(t) => AgentCallError::TimedOut(t),
-            _ => AgentCallError::Failed(format!("unreadable answer: {}", error_chain(&err))),
-        });
-    }
-    let body = response.text().await.unwrap_or_default();
-    let detail = match serde_json::from_str::<Problem>(&body) {
-        Ok(problem) => problem.detail,
-        Err(_) => body.chars().take(500).collect(),
-    };
-    if status.is_client_error() {
-        Err(AgentCallError::Rejected { status: status.as_u16(), detail })
-    } else {
-        Err(AgentCallError::Failed(format!("{status}: {detail}")))
-    }
-}
-
-fn classify(err: &reqwest::Error, timeout: Duration) -> AgentCallError {
-    // A connect timeout is both a connect error and a timeout: the machine is unreachable.
-    if err.is_connect() {
-        AgentCallError::Unreachable(error_chain(err))
-    } else if err.is_timeout() {
-        AgentCallError::TimedOut(timeout)
-    } else {
-        AgentCallError::Unreachable(error_chain(err))
-    }
-}
-
-/// reqwest's own message is only "error sending request"; the causes say what happened.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut message = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = cause.source();
-    }
-    message
-}
-
 /// The plan's `CloudClientService`. Cheap to share behind an `Arc`; it keeps one HTTPS client
 /// per pinned certificate so that repeated calls to a deployment reuse connections.
 pub struct CloudClientService {
@@ -277,11 +171,11 @@ impl CloudClientService {
             AgentCallError::Failed("the agent token is not a valid header value".to_owned())
         })?;
         authorization.set_sensitive(true);
-        Ok(AgentClient {
-            http: self.http_client(&target.credentials.pin)?,
-            base_url: target.base_url(),
+        Ok(AgentClient::new(
+            self.http_client(&target.credentials.pin)?,
+            target.base_url(),
             authorization,
-        })
+        ))
     }
 
     fn http_client(&self, pin: &AgentPin) -> Result<reqwest::Client, AgentCallError> {
