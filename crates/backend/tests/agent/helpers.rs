@@ -202,11 +202,14 @@ pub(crate) async fn exec_all(
     request: &ExecRequest,
     timeout: Duration,
 ) -> Vec<MachineResult<ExecResponse>> {
-    futures_util::stream::iter(targets)
-        .map(|target| service.exec_one(target, request, timeout))
-        .buffered(EXEC_CONCURRENCY)
-        .collect()
-        .await
+    // As a rollout does: a slow machine holds only its own slot.
+    let calls = targets.iter().enumerate().map(|(index, target)| async move {
+        (index, service.exec_one(target, request, timeout).await)
+    });
+    let mut results: Vec<_> =
+        futures_util::stream::iter(calls).buffer_unordered(EXEC_CONCURRENCY).collect().await;
+    results.sort_by_key(|(index, _)| *index);
+    results.into_iter().map(|(_, result)| result).collect()
 }
 
 /// Asks every machine's agent whether it is up, at once, results in the machines' order.

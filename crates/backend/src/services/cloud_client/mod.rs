@@ -280,12 +280,16 @@ impl CloudClientService {
             }
             let timeout = self.config.call_timeout.min(remaining);
             // Each call owns its target: a closure over borrowed targets makes the future fail
-            // rustc's `Send` proof when a caller spawns it (as the run worker does).
-            let results: Vec<_> = stream::iter(pending.clone())
-                .map(|machine| async move { self.health_one(&machine, timeout).await })
-                .buffered(READY_CONCURRENCY)
-                .collect()
-                .await;
+            // rustc's `Send` proof when a caller spawns it (as the run worker does). Completion
+            // order does not matter: a slow machine holds only its own slot.
+            let calls =
+                pending.clone().into_iter().enumerate().map(|(index, machine)| async move {
+                    (index, self.health_one(&machine, timeout).await)
+                });
+            let mut results: Vec<_> =
+                stream::iter(calls).buffer_unordered(READY_CONCURRENCY).collect().await;
+            results.sort_by_key(|(index, _)| *index);
+            let results = results.into_iter().map(|(_, result)| result);
             let (still_pending, still_errors): (Vec<_>, Vec<_>) = pending
                 .into_iter()
                 .zip(results)
