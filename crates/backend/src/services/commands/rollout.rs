@@ -139,22 +139,16 @@ async fn record_leftovers(
 ) -> anyhow::Result<()> {
     let command_id = plan.command_id;
     let now = crate::domain::now();
-    let (stopped, left, leftover_error) = match leftover.stop {
+    // Machines hung up on and machines never sent get the same status; only the reason differs.
+    let (stopped, leftover_error) = match leftover.stop {
         Some(Stop::Cancelled) => (
-            ResultStatus::Cancelled,
             ResultStatus::Cancelled,
             "the command was cancelled before it was sent to this machine",
         ),
-        Some(Stop::Shutdown) => (
-            ResultStatus::Interrupted,
-            ResultStatus::Interrupted,
-            "the backend shut down before this machine was reached",
-        ),
-        _ => (
-            ResultStatus::Skipped,
-            ResultStatus::Skipped,
-            "not sent: max_errors machines had already failed",
-        ),
+        Some(Stop::Shutdown) => {
+            (ResultStatus::Interrupted, "the backend shut down before this machine was reached")
+        }
+        _ => (ResultStatus::Skipped, "not sent: max_errors machines had already failed"),
     };
     let error = match stopped {
         ResultStatus::Cancelled => {
@@ -180,9 +174,9 @@ async fn record_leftovers(
     if !hung_up.is_empty() {
         store.finish_command_results(plan.deployment_id, hung_up, now).await?;
     }
-    statuses.extend(std::iter::repeat_n(left, leftover.unsent));
+    statuses.extend(std::iter::repeat_n(stopped, leftover.unsent));
     let status = CommandStatus::roll_up(&statuses);
-    store.finish_command(command_id, status, (left, leftover_error.to_owned()), now).await?;
+    store.finish_command(command_id, status, (stopped, leftover_error.to_owned()), now).await?;
     tracing::info!(%command_id, %status, "command finished");
     Ok(())
 }

@@ -82,7 +82,7 @@ pub struct TerraformService {
     /// For the cluster-wide advisory lock (a no-op on SQLite).
     store: Store,
     /// How long Terraform gets after SIGINT before its group is SIGKILLed.
-    pub cancel_grace: Duration,
+    cancel_grace: Duration,
 }
 
 impl TerraformService {
