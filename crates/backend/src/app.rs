@@ -47,6 +47,8 @@ pub struct Application {
 
 impl Application {
     /// Prepares everything the server needs; fails with a message naming the setting to fix.
+    /// Longer than our usual function on purpose: it is the one place that wires the services
+    /// together, in the order they depend on each other, and reads top to bottom as that list.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         datadir::prepare(&config.data_dir)?;
         let database_url = config.database_url();
@@ -154,7 +156,10 @@ impl Application {
     /// runs finish for up to the configured grace period. The HTTP server, the run worker and the
     /// health checker are sibling tasks: if one stops on its own, the others are stopped too and
     /// the cause reported. Running commands are interrupted (their agents kill them) and
-    /// recorded as such before the server's last responses go out.
+    /// recorded as such before the server's last responses go out. One function on purpose: the
+    /// order (start the siblings, wait for the first to stop, cancel the rest, wait for commands
+    /// and siblings within the grace period, then close the store) is the point, and it reads
+    /// best as one sequence.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let addr = self.local_addr();
         let Self {

@@ -37,7 +37,10 @@ enum Stop {
 }
 
 /// Runs a stored command to its end and records everything; the rollout loop. Each machine's
-/// future owns its data, so the task's future is `Send` (see `CloudClientService::fan_out`).
+/// future owns its data, so the task's future is `Send` (a closure over borrowed targets fails
+/// rustc's `Send` proof when the task is spawned). A little over our usual length on purpose:
+/// the refill, the batched writes and the three ways to stop share the loop's state, and one
+/// loop shows that no machine starts after a stop; what is left is `record_leftovers`.
 pub(super) async fn execute(
     inner: &Inner,
     plan: Plan,
