@@ -18,12 +18,12 @@ use crate::{
         auth::{AuthService, JwtKeys, LocalAuth, SupabaseAuth, SupabaseOptions},
         cloud_client::{CloudClientConfig, CloudClientService},
         commands::CommandService,
-        deployments::Provisioning,
+        deployments::{DeploymentDeps, DeploymentService},
         events::EventBus,
         health::HealthChecker,
         local_machines::{LocalMachines, LocalSettings},
-        terraform::{ModuleCatalog, Terraform},
-        worker::{RunWorker, WorkerSettings},
+        runs::{RunWorker, WorkerSettings},
+        terraform::{ModuleCatalog, Terraform, TerraformService},
     },
     store::Store,
 };
@@ -47,6 +47,8 @@ pub struct Application {
 
 impl Application {
     /// Prepares everything the server needs; fails with a message naming the setting to fix.
+    /// Longer than our usual function on purpose: it is the one place that wires the services
+    /// together, in the order they depend on each other, and reads top to bottom as that list.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         datadir::prepare(&config.data_dir)?;
         let database_url = config.database_url();
@@ -59,7 +61,8 @@ impl Application {
         tracing::info!(database = %redact_database_url(&database_url), "database ready");
 
         let auth = build_auth(&config, store.clone()).await?;
-        let (provisioning, machine_listener) = build_provisioning(&config, store.clone()).await?;
+        let (deployments, terraform, machine_listener) =
+            build_deployments(&config, store.clone()).await?;
         let bus = EventBus::default();
         let cloud = Arc::new(CloudClientService::new(CloudClientConfig::default()));
         let shutdown = CancellationToken::new();
@@ -70,20 +73,21 @@ impl Application {
         });
         let lease = std::time::Duration::from_secs(config.run_lease_secs);
         let commands = CommandService::new(
-            provisioning.clone(),
+            deployments.clone(),
             cloud.clone(),
             shutdown.clone(),
             replica.clone(),
             lease,
         );
         let health = HealthChecker::new(
-            provisioning.clone(),
+            deployments.clone(),
             cloud.clone(),
             Duration::from_secs(config.health_interval_secs),
             config.health_concurrency as usize,
         );
         let worker = RunWorker::new(
-            provisioning.clone(),
+            deployments.clone(),
+            terraform,
             cloud,
             bus.clone(),
             WorkerSettings {
@@ -111,7 +115,7 @@ impl Application {
             auth,
             auth_rate_limiter: Arc::new(AuthRateLimiter::per_minute(per_minute)),
             client_addr: ClientAddrSource { trust_forwarded_for: config.trust_forwarded_for },
-            provisioning: Arc::new(provisioning),
+            deployments: Arc::new(deployments),
             commands: commands.clone(),
             bus: bus.clone(),
             request_timeout: RequestTimeout(config.request_timeout()),
@@ -152,7 +156,10 @@ impl Application {
     /// runs finish for up to the configured grace period. The HTTP server, the run worker and the
     /// health checker are sibling tasks: if one stops on its own, the others are stopped too and
     /// the cause reported. Running commands are interrupted (their agents kill them) and
-    /// recorded as such before the server's last responses go out.
+    /// recorded as such before the server's last responses go out. One function on purpose: the
+    /// order (start the siblings, wait for the first to stop, cancel the rest, wait for commands
+    /// and siblings within the grace period, then close the store) is the point, and it reads
+    /// best as one sequence.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let addr = self.local_addr();
         let Self {
@@ -248,48 +255,18 @@ impl Application {
     }
 }
 
-async fn build_provisioning(
+/// The deployment service and the Terraform service it and the run worker share, and the
+/// machine-facing listener when local machines are available.
+async fn build_deployments(
     config: &Config,
     store: Store,
-) -> anyhow::Result<(Provisioning, Option<TcpListener>)> {
+) -> anyhow::Result<(DeploymentService, Arc<TerraformService>, Option<TcpListener>)> {
     let store_is_postgres = store.is_postgres();
     let modules_dir = config.modules_dir();
     let catalog = ModuleCatalog::load(&modules_dir)?;
     tracing::info!(dir = %modules_dir.display(), providers = ?catalog.names().collect::<Vec<_>>(), "modules loaded");
-    let terraform = match Terraform::discover(
-        config.terraform_bin.as_deref(),
-        &config.data_dir.join("plugin-cache"),
-    )
-    .await
-    {
-        Ok(terraform) => {
-            tracing::info!(version = terraform.version(), "terraform ready");
-            Ok(terraform)
-        }
-        Err(err) => {
-            tracing::warn!(
-                error = format!("{err:#}"),
-                "terraform is not available: provisioning will answer 503"
-            );
-            Err(format!("{err:#}"))
-        }
-    };
-    let agent_binary = config.agent_binary();
-    let agent_distribution = AgentDistribution::new(&agent_binary, config.public_url.clone());
-    match &agent_distribution.binary {
-        Some(binary) => {
-            tracing::info!(path = %binary.path.display(), target = %binary.target, sha256 = %binary.sha256, public_url = ?config.public_url, "agent binary ready for download")
-        }
-        None => tracing::warn!(
-            reason = agent_distribution.missing_reason.as_deref().unwrap_or_default(),
-            "no agent binary to serve: cloud providers will answer 503"
-        ),
-    }
-    if config.public_url.is_none()
-        && catalog.modules().any(|m| m.variables.contains_key("agent_download_url"))
-    {
-        tracing::warn!("NIM_PUBLIC_URL is not set: cloud providers will answer 503 until it is");
-    }
+    let terraform = discover_terraform(config).await;
+    let agent_distribution = agent_distribution(config, &catalog);
     let key = match &config.encryption_key {
         Some(key) => key.clone(),
         // Replicas sharing a database must share the key; a per-replica generated one would
@@ -319,23 +296,66 @@ async fn build_provisioning(
         }
         Err(_) => None,
     };
-    let provisioning = Provisioning {
-        store,
-        local: Arc::new(local),
-        local_limit_lock: Arc::new(tokio::sync::Mutex::new(())),
-        catalog: Arc::new(catalog),
+    let terraform = Arc::new(TerraformService::new(
         terraform,
+        store_is_postgres.then(|| config.database_url()),
+        store.clone(),
+        std::time::Duration::from_secs(config.run_cancel_grace_secs),
+    ));
+    let deployments = DeploymentService::new(DeploymentDeps {
+        store,
+        catalog,
+        terraform: terraform.clone(),
         secret_box: SecretBox::new(&key)?,
         data_dir: std::fs::canonicalize(&config.data_dir)
             .with_context(|| format!("failed to resolve {}", config.data_dir.display()))?,
-        agent_distribution: Arc::new(agent_distribution),
-        cancel_grace: std::time::Duration::from_secs(config.run_cancel_grace_secs),
-        work_queued: Arc::new(tokio::sync::Notify::new()),
-        machines_ready: Arc::new(tokio::sync::Notify::new()),
-        plugin_cache: Arc::default(),
-        state_database: store_is_postgres.then(|| config.database_url()),
-    };
-    Ok((provisioning, machine_listener))
+        agent_distribution,
+        local,
+    });
+    Ok((deployments, terraform, machine_listener))
+}
+
+/// The Terraform CLI, or why there is none (provisioning then answers 503).
+async fn discover_terraform(config: &Config) -> Result<Terraform, String> {
+    match Terraform::discover(
+        config.terraform_bin.as_deref(),
+        &config.data_dir.join("plugin-cache"),
+    )
+    .await
+    {
+        Ok(terraform) => {
+            tracing::info!(version = terraform.version(), "terraform ready");
+            Ok(terraform)
+        }
+        Err(err) => {
+            tracing::warn!(
+                error = format!("{err:#}"),
+                "terraform is not available: provisioning will answer 503"
+            );
+            Err(format!("{err:#}"))
+        }
+    }
+}
+
+/// The agent binary cloud machines download, said in the log either way.
+fn agent_distribution(config: &Config, catalog: &ModuleCatalog) -> AgentDistribution {
+    let agent_binary = config.agent_binary();
+    let agent_distribution = AgentDistribution::new(&agent_binary, config.public_url.clone());
+    match &agent_distribution.binary {
+        Some(binary) => {
+            tracing::info!(path = %binary.path.display(), target = %binary.target, sha256 = %binary.sha256, public_url = ?config.public_url, "agent binary ready for download")
+        }
+        None => tracing::warn!(
+            reason = agent_distribution.missing_reason.as_deref().unwrap_or_default(),
+            "no agent binary to serve: cloud providers will answer 503"
+        ),
+    }
+    if config.public_url.is_none()
+        && catalog.modules().any(|m| m.variables.contains_key("agent_download_url"))
+    {
+        tracing::warn!("NIM_PUBLIC_URL is not set: cloud providers will answer 503 until it is");
+    }
+    agent_distribution
 }
 
 async fn build_auth(config: &Config, store: Store) -> anyhow::Result<Arc<dyn AuthService>> {

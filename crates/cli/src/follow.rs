@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
+use serde::Deserialize;
 use serde_json::Value;
 use uuid::Uuid;
-use wire::status::RunStatus;
+use wire::{RunEvent, events::ProgressEvent, status::RunStatus};
 
 use crate::{client::Api, output::Progress};
 
@@ -65,22 +66,22 @@ pub(crate) async fn run(
                 last_event = Some(id);
             }
             let Ok(data) = serde_json::from_str::<Value>(&event.data) else { continue };
-            if data["run_id"].as_str() != Some(&run_id.to_string()) {
+            // The stream adds the run's id to every event's data.
+            let of_run = serde_json::from_value::<OfRun>(data.clone()).map(|e| e.run_id);
+            if of_run.ok() != Some(run_id) {
                 continue;
             }
             print_event(&event.event, &data, progress);
             if event.event != "run_finished" {
                 continue;
             }
-            let status = data["status"].as_str().and_then(|s| s.parse().ok());
-            let requeued = data["requeued_as"].as_str().and_then(|s| s.parse::<Uuid>().ok());
-            match (status, requeued) {
-                (Some(RunStatus::Interrupted), Some(next)) => run_id = next,
-                (Some(status), _) => {
-                    let error = data["error"].as_str().map(str::to_owned);
-                    return Ok(Finished { status, error });
-                }
-                (None, _) => anyhow::bail!("the server sent a run_finished event without a status"),
+            let Ok(RunEvent::RunFinished(finished)) = RunEvent::from_parts(&event.event, data)
+            else {
+                anyhow::bail!("the server sent a run_finished event without a status");
+            };
+            match (finished.status, finished.requeued_as) {
+                (RunStatus::Interrupted, Some(next)) => run_id = next,
+                (status, _) => return Ok(Finished { status, error: finished.error }),
             }
         }
         failures += 1;
@@ -95,37 +96,46 @@ fn backoff(failures: u32) -> Duration {
     Duration::from_millis(250 * 2u64.pow(failures.min(5)))
 }
 
+/// The part of a streamed event's data that says whose it is.
+#[derive(Deserialize)]
+struct OfRun {
+    run_id: Uuid,
+}
+
 /// One line per event, for people.
 pub(crate) fn print_event(kind: &str, data: &Value, progress: Progress) {
-    let text = |key: &str| data[key].as_str().unwrap_or_default().to_owned();
-    if kind == "progress" && data["done"].as_u64() == Some(0) {
-        // Planning: the total grows, nothing is done yet.
+    let Ok(event) = RunEvent::from_parts(kind, data.clone()) else {
+        // An event this nimctl does not know: shown as it came.
+        progress.say(format!("    {kind}: {data}"));
         return;
-    }
-    let line = match kind {
-        "status" => {
-            let mut line = format!("==> {}", text("deployment_status"));
-            if let Some(worker) = data["worker"].as_str() {
-                line.push_str(&format!(" ({} run on {worker})", text("kind")));
+    };
+    let line = match event {
+        // Planning: the total grows, nothing is done yet.
+        RunEvent::Progress(ProgressEvent { done: 0, .. }) => return,
+        RunEvent::Status(status) => {
+            let mut line = format!("==> {}", status.deployment_status);
+            if let Some(worker) = status.worker {
+                let kind = status.kind.map(|kind| kind.as_str()).unwrap_or_default();
+                line.push_str(&format!(" ({kind} run on {worker})"));
             }
             line
         }
-        "progress" => format!("    [{}/{}] resources", data["done"], data["total"]),
-        "log" => match data["level"].as_str() {
-            Some("error") => format!("    error: {}", text("message")),
-            Some("warn") => format!("    warning: {}", text("message")),
-            _ => format!("    {}", text("message")),
+        RunEvent::Progress(ProgressEvent { done, total }) => {
+            format!("    [{done}/{total}] resources")
+        }
+        RunEvent::Log(log) => match log.level.as_str() {
+            "error" => format!("    error: {}", log.message),
+            "warn" => format!("    warning: {}", log.message),
+            _ => format!("    {}", log.message),
         },
-        "run_finished" => match data["requeued_as"].as_str() {
-            Some(next) => {
-                format!("==> the run was interrupted ({}); re-queued as {next}", text("error"))
-            }
-            None if data["error"].is_string() => {
-                format!("==> run {}: {}", text("status"), text("error"))
-            }
-            None => format!("==> run {}", text("status")),
+        RunEvent::RunFinished(finished) => match (finished.requeued_as, finished.error) {
+            (Some(next), error) => format!(
+                "==> the run was interrupted ({}); re-queued as {next}",
+                error.unwrap_or_default()
+            ),
+            (None, Some(error)) => format!("==> run {}: {error}", finished.status),
+            (None, None) => format!("==> run {}", finished.status),
         },
-        other => format!("    {other}: {data}"),
     };
     progress.say(line);
 }

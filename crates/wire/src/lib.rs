@@ -6,9 +6,11 @@ pub mod agent;
 pub mod auth;
 pub mod commands;
 pub mod deployments;
+pub mod events;
 pub mod problem;
 pub mod status;
 
 pub use agent::{ExecRequest, ExecResponse, GpuInfo, HealthResponse, InfoResponse};
 pub use auth::{Session, SignUpResponse, User};
+pub use events::RunEvent;
 pub use problem::{FieldError, Problem};

@@ -16,7 +16,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use wire::Problem;
 
 use super::{ApiError, AppState, Path};
-use crate::services::deployments::Provisioning;
+use crate::services::deployments::DeploymentService;
 
 /// Lowercase hex SHA-256 of the body, for scripts; `Repr-Digest` (RFC 9530) says the same.
 const SHA256_HEADER: &str = "x-nim-agent-sha256";
@@ -38,10 +38,10 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
         (status = 503, description = "The binary changed on disk since the server started", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn download_agent(
-    State(provisioning): State<Arc<Provisioning>>,
+    State(deployments): State<Arc<DeploymentService>>,
     Path(target): Path<String>,
 ) -> Result<Response, ApiError> {
-    let distribution = &provisioning.agent_distribution;
+    let distribution = deployments.agent_distribution();
     let Some(binary) = distribution.binary_for(&target) else {
         let detail = match &distribution.binary {
             Some(binary) => format!(

@@ -2,7 +2,7 @@
 //! Handlers validate the HTTP shape and leave the rest to the deployment service; everything
 //! about another user's deployment is a 404.
 
-use std::{collections::VecDeque, convert::Infallible, sync::Arc, time::Duration};
+use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use axum::{
     extract::State,
@@ -12,7 +12,7 @@ use axum::{
         sse::{Event, KeepAlive, Sse},
     },
 };
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use utoipa::IntoParams;
@@ -21,9 +21,8 @@ use uuid::Uuid;
 use wire::{
     Problem,
     deployments::{
-        DeploymentPage, DeploymentView, EventView, MachineView, PlanSummary, Progress,
-        ProviderView, ProvidersResponse, ProvisionBody, ProvisionResponse, RunDetail, RunPage,
-        RunView, VariableView,
+        DeploymentPage, DeploymentView, MachineView, PlanSummary, ProviderView, ProvidersResponse,
+        ProvisionBody, ProvisionResponse, RunDetail, RunPage, RunView, VariableView,
     },
 };
 
@@ -32,10 +31,10 @@ use crate::{
     domain::{DeploymentStatus, MachineStatus},
     services::{
         auth::AuthUser,
-        deployments::{ProvisionRequest, Provisioning},
+        deployments::{DeploymentService, ProvisionRequest},
         events::EventBus,
     },
-    store::{DeploymentQuery, DeploymentRow, DeploymentSummary, MachineRow, RunEventRow, RunRow},
+    store::{DeploymentQuery, RunEventRow},
 };
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
@@ -86,75 +85,6 @@ pub(super) struct PageParams {
     before: Option<Uuid>,
 }
 
-impl From<DeploymentRow> for DeploymentView {
-    fn from(row: DeploymentRow) -> Self {
-        DeploymentSummary::from(row).into()
-    }
-}
-
-impl From<DeploymentSummary> for DeploymentView {
-    fn from(row: DeploymentSummary) -> Self {
-        Self {
-            id: row.id,
-            status: row.status(),
-            name: row.name,
-            provider: row.provider,
-            status_reason: row.status_reason,
-            variables: row.variables.0,
-            created_at: row.created_at,
-            updated_at: row.updated_at,
-            machines: None,
-            latest_run: None,
-            degraded: None,
-        }
-    }
-}
-
-impl From<MachineRow> for MachineView {
-    fn from(row: MachineRow) -> Self {
-        Self {
-            name: row.name,
-            public_ip: row.public_ip,
-            private_ip: row.private_ip,
-            agent_port: row.agent_port,
-            status: row.status,
-            last_seen_at: row.last_seen_at,
-            info: row.info.map(|info| info.0),
-        }
-    }
-}
-
-impl From<RunRow> for RunView {
-    fn from(row: RunRow) -> Self {
-        Self {
-            id: row.id,
-            deployment_id: row.deployment_id,
-            kind: row.kind(),
-            status: row.status(),
-            attempt: row.attempt,
-            progress: Progress { done: row.progress_done, total: row.progress_total },
-            error: row.error,
-            created_at: row.created_at,
-            started_at: row.started_at,
-            finished_at: row.finished_at,
-            cancel_requested_at: row.cancel_requested_at,
-        }
-    }
-}
-
-impl From<RunEventRow> for EventView {
-    fn from(row: RunEventRow) -> Self {
-        Self {
-            id: row.id,
-            run_id: row.run_id,
-            seq: row.seq,
-            at: row.at,
-            kind: row.kind,
-            data: row.data.0,
-        }
-    }
-}
-
 /// A page size from `?limit=` (default 20, at most 100); shared by every paginated listing.
 pub(super) fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
     match limit.unwrap_or(DEFAULT_PAGE) {
@@ -176,11 +106,11 @@ pub(super) fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn list_providers(
-    State(provisioning): State<Arc<Provisioning>>,
+    State(deployments): State<Arc<DeploymentService>>,
     _user: AuthUser,
 ) -> Json<ProvidersResponse> {
-    let providers = provisioning
-        .catalog
+    let providers = deployments
+        .catalog()
         .modules()
         .map(|module| ProviderView {
             name: module.name.clone(),
@@ -222,7 +152,7 @@ async fn list_providers(
         (status = 503, description = "`terraform_unavailable`, or `agent_download_unavailable` (a cloud provider without `NIM_PUBLIC_URL` or a servable agent binary)", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn provision(
-    State(provisioning): State<Arc<Provisioning>>,
+    State(deployments): State<Arc<DeploymentService>>,
     State(timeouts): State<RequestTimeout>,
     user: AuthUser,
     Query(params): Query<ProvisionParams>,
@@ -235,11 +165,11 @@ async fn provision(
         // Leave a second to answer within the request's own time limit.
         let deadline =
             tokio::time::Instant::now() + timeouts.0.saturating_sub(Duration::from_secs(1));
-        let summary = provisioning.dry_run(request, deadline).await?;
+        let summary = deployments.dry_run(request, deadline).await?;
         return Ok(Json(summary).into_response());
     }
     let key = idempotency_key(&headers)?;
-    let (deployment, run, replayed) = provisioning.provision(user.id, request, key).await?;
+    let (deployment, run, replayed) = deployments.provision(user.id, request, key).await?;
     let body = ProvisionResponse { deployment: deployment.into(), run: run.into() };
     let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
     if replayed {
@@ -282,14 +212,14 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn list_deployments(
-    State(provisioning): State<Arc<Provisioning>>,
+    State(deployments): State<Arc<DeploymentService>>,
     user: AuthUser,
     Query(params): Query<ListParams>,
 ) -> Result<Json<DeploymentPage>, ApiError> {
     let limit = page_limit(params.limit)?;
     let query =
         DeploymentQuery { status: params.status, name: params.name, before: params.before, limit };
-    let rows = provisioning.list(user.id, &query).await?;
+    let rows = deployments.list(user.id, &query).await?;
     let next_before = (rows.len() == limit as usize).then(|| rows.last().map(|d| d.id)).flatten();
     Ok(Json(DeploymentPage { items: rows.into_iter().map(Into::into).collect(), next_before }))
 }
@@ -304,11 +234,11 @@ async fn list_deployments(
         (status = 404, description = "No such deployment of yours", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn get_deployment(
-    State(provisioning): State<Arc<Provisioning>>,
+    State(deployments): State<Arc<DeploymentService>>,
     user: AuthUser,
     Path(id): Path<Uuid>,
 ) -> Result<Json<DeploymentView>, ApiError> {
-    let detail = provisioning.detail(user.id, id).await?;
+    let detail = deployments.detail(user.id, id).await?;
     let machines: Vec<MachineView> = detail.machines.into_iter().map(Into::into).collect();
     let latest_run = detail.latest_run.map(Into::into);
     let degraded = machines.iter().any(|m| m.status == MachineStatus::Unreachable);
@@ -330,11 +260,11 @@ async fn get_deployment(
         (status = 409, description = "Another run is active, or it is already destroyed", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn destroy_deployment(
-    State(provisioning): State<Arc<Provisioning>>,
+    State(deployments): State<Arc<DeploymentService>>,
     user: AuthUser,
     Path(id): Path<Uuid>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (deployment, run) = provisioning.destroy(user.id, id).await?;
+    let (deployment, run) = deployments.destroy(user.id, id).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(ProvisionResponse { deployment: deployment.into(), run: run.into() }),
@@ -351,13 +281,13 @@ async fn destroy_deployment(
         (status = 404, description = "No such deployment of yours", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn list_runs(
-    State(provisioning): State<Arc<Provisioning>>,
+    State(deployments): State<Arc<DeploymentService>>,
     user: AuthUser,
     Path(id): Path<Uuid>,
     Query(params): Query<PageParams>,
 ) -> Result<Json<RunPage>, ApiError> {
     let limit = page_limit(params.limit)?;
-    let rows = provisioning.runs(user.id, id, params.before, limit).await?;
+    let rows = deployments.runs(user.id, id, params.before, limit).await?;
     let next_before = (rows.len() == limit as usize).then(|| rows.last().map(|r| r.id)).flatten();
     Ok(Json(RunPage { items: rows.into_iter().map(Into::into).collect(), next_before }))
 }
@@ -372,11 +302,11 @@ async fn list_runs(
         (status = 404, description = "No such run of yours", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn get_run(
-    State(provisioning): State<Arc<Provisioning>>,
+    State(deployments): State<Arc<DeploymentService>>,
     user: AuthUser,
     Path((id, run_id)): Path<(Uuid, Uuid)>,
 ) -> Result<Json<RunDetail>, ApiError> {
-    let (run, events) = provisioning.run(user.id, id, run_id).await?;
+    let (run, events) = deployments.run(user.id, id, run_id).await?;
     Ok(Json(RunDetail { run: run.into(), events: events.into_iter().map(Into::into).collect() }))
 }
 
@@ -394,11 +324,11 @@ async fn get_run(
         (status = 409, description = "The run already ended", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn cancel_run(
-    State(provisioning): State<Arc<Provisioning>>,
+    State(deployments): State<Arc<DeploymentService>>,
     user: AuthUser,
     Path((id, run_id)): Path<(Uuid, Uuid)>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let run = provisioning.cancel(user.id, id, run_id).await?;
+    let run = deployments.cancel(user.id, id, run_id).await?;
     Ok((StatusCode::ACCEPTED, Json(RunView::from(run))))
 }
 
@@ -416,47 +346,21 @@ async fn cancel_run(
         (status = 404, description = "No such deployment of yours", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn stream_events(
-    State(provisioning): State<Arc<Provisioning>>,
+    State(deployments): State<Arc<DeploymentService>>,
     State(bus): State<EventBus>,
     user: AuthUser,
     Path(id): Path<Uuid>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    provisioning.deployment(user.id, id).await?;
-    let store = provisioning.store.clone();
-    let after = match headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
-        Some(text) => text.trim().parse::<i64>().map_err(|_| {
+    let feed = deployments.events(user.id, id).await?;
+    let last_event_id = match headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
+        Some(text) => Some(text.trim().parse::<i64>().map_err(|_| {
             ApiError::bad_request("invalid_last_event_id", "Last-Event-ID must be an event id")
-        })?,
-        None => match store.latest_run(id).await? {
-            Some(run) => store.last_event_id_before_run(id, run.id).await?,
-            None => 0,
-        },
+        })?),
+        None => None,
     };
-    // Subscribe before the first read, so nothing stored in between is missed.
-    let subscription = bus.subscribe();
-    let state = (store, subscription, after, VecDeque::<RunEventRow>::new());
-    let stream = futures_util::stream::unfold(
-        state,
-        move |(store, mut subscription, mut after, mut buffer)| async move {
-            loop {
-                if let Some(event) = buffer.pop_front() {
-                    after = event.id;
-                    return Some((Ok(sse_event(event)), (store, subscription, after, buffer)));
-                }
-                match store.events_after(id, after, 200).await {
-                    Ok(events) if !events.is_empty() => buffer.extend(events),
-                    Ok(_) if subscription.changed(id).await => {}
-                    // The server is stopping: end the stream cleanly.
-                    Ok(_) => return None,
-                    Err(err) => {
-                        tracing::warn!(error = %err, "failed to read run events; retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                }
-            }
-        },
-    );
+    let events = feed.follow(last_event_id, bus).await?;
+    let stream = events.map(|event| Ok(sse_event(event)));
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 

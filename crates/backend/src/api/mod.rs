@@ -11,6 +11,7 @@ mod health;
 mod infrastructure;
 mod rate_limit;
 mod router;
+mod views;
 
 use std::sync::Arc;
 
@@ -24,7 +25,8 @@ pub use router::{machine_router, openapi, router};
 
 use crate::{
     services::{
-        auth::AuthService, commands::CommandService, deployments::Provisioning, events::EventBus,
+        auth::AuthService, commands::CommandService, deployments::DeploymentService,
+        events::EventBus,
     },
     store::Store,
 };
@@ -36,7 +38,7 @@ pub struct AppState {
     pub auth: Arc<dyn AuthService>,
     pub auth_rate_limiter: Arc<AuthRateLimiter>,
     pub client_addr: ClientAddrSource,
-    pub provisioning: Arc<Provisioning>,
+    pub deployments: Arc<DeploymentService>,
     pub commands: CommandService,
     pub bus: EventBus,
     pub request_timeout: RequestTimeout,

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::{
     cloud_client::{AgentTarget, CloudClientService},
-    deployments::Provisioning,
+    deployments::DeploymentService,
 };
 use crate::{
     domain::MachineStatus,
@@ -22,7 +22,7 @@ use crate::{
 
 #[derive(Clone)]
 pub struct HealthChecker {
-    ctx: Provisioning,
+    deployments: DeploymentService,
     cloud: Arc<CloudClientService>,
     interval: Duration,
     concurrency: usize,
@@ -30,20 +30,22 @@ pub struct HealthChecker {
 
 impl HealthChecker {
     pub fn new(
-        ctx: Provisioning,
+        deployments: DeploymentService,
         cloud: Arc<CloudClientService>,
         interval: Duration,
         concurrency: usize,
     ) -> Self {
-        Self { ctx, cloud, interval, concurrency: concurrency.max(1) }
+        Self { deployments, cloud, interval, concurrency: concurrency.max(1) }
     }
 
     /// Checks every machine of every ready deployment once; returns how many it checked.
     #[tracing::instrument(skip_all)]
     pub async fn check_once(&self) -> anyhow::Result<usize> {
         let mut checks = Vec::new();
-        for (deployment, machines) in self.ctx.store.ready_deployments_with_machines().await? {
-            match targets(&self.ctx, &deployment, &machines) {
+        for (deployment, machines) in
+            self.deployments.store().ready_deployments_with_machines().await?
+        {
+            match targets(&self.deployments, &deployment, &machines) {
                 Ok(targets) => checks.extend(targets),
                 Err(err) => tracing::warn!(
                     deployment_id = %deployment.id,
@@ -53,7 +55,7 @@ impl HealthChecker {
             }
         }
         let count = checks.len();
-        check_machines(&self.ctx, &self.cloud, checks, self.concurrency).await;
+        check_machines(&self.deployments, &self.cloud, checks, self.concurrency).await;
         Ok(count)
     }
 
@@ -69,7 +71,7 @@ impl HealthChecker {
             }
             tokio::select! {
                 () = tokio::time::sleep(self.interval) => {}
-                () = self.ctx.machines_ready.notified() => {}
+                () = self.deployments.machines_ready().notified() => {}
                 () = shutdown.cancelled() => return Ok(()),
             }
         }
@@ -78,19 +80,19 @@ impl HealthChecker {
 
 /// Each machine's id and how to reach its agent.
 pub(crate) fn targets(
-    ctx: &Provisioning,
+    deployments: &DeploymentService,
     deployment: &DeploymentRow,
     machines: &[MachineRow],
 ) -> anyhow::Result<Vec<(Uuid, AgentTarget)>> {
     let spec: Vec<NewMachine> = machines.iter().map(NewMachine::from).collect();
-    let targets = ctx.agent_targets(deployment, &spec)?;
+    let targets = deployments.agent_targets(deployment, &spec)?;
     Ok(machines.iter().map(|m| m.id).zip(targets).collect())
 }
 
 /// Asks each machine's agent for `/v1/info`, at most `concurrency` at once, and records the
 /// machine `healthy` (with the info) or `unreachable`.
 pub(crate) async fn check_machines(
-    ctx: &Provisioning,
+    deployments: &DeploymentService,
     cloud: &CloudClientService,
     checks: Vec<(Uuid, AgentTarget)>,
     concurrency: usize,
@@ -105,7 +107,8 @@ pub(crate) async fn check_machines(
             let recorded = match info {
                 Ok(info) => {
                     let info = serde_json::to_value(&info).ok();
-                    ctx.store
+                    deployments
+                        .store()
                         .record_machine_health(
                             machine_id,
                             MachineStatus::Healthy,
@@ -116,7 +119,8 @@ pub(crate) async fn check_machines(
                 }
                 Err(err) => {
                     tracing::info!(machine = %name, error = %err, "machine unreachable");
-                    ctx.store
+                    deployments
+                        .store()
                         .record_machine_health(machine_id, MachineStatus::Unreachable, None, now)
                         .await
                 }

@@ -10,5 +10,5 @@ pub mod deployments;
 pub mod events;
 pub mod health;
 pub mod local_machines;
+pub mod runs;
 pub mod terraform;
-pub mod worker;

@@ -10,6 +10,11 @@ use std::{
 };
 
 use nim_backend::store::testing::PostgresDatabase;
+
+#[path = "../support/binaries.rs"]
+mod binaries;
+#[allow(unused_imports, reason = "the benchmarks that include these helpers run no nimctl")]
+pub(crate) use binaries::{agent_binary, nimctl_binary};
 use reqwest::{Response, StatusCode, header::CONTENT_TYPE};
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -458,53 +463,6 @@ pub fn error_fields(problem: &Value) -> Vec<&str> {
 
 pub fn exists(path: &Path) -> bool {
     path.try_exists().unwrap_or(false)
-}
-
-/// The `nim-agent` binary `terraform/local` runs.
-pub fn agent_binary() -> PathBuf {
-    workspace_binary("agent", "nim-agent")
-}
-
-/// The `nimctl` binary.
-pub fn nimctl_binary() -> PathBuf {
-    workspace_binary("cli", "nimctl")
-}
-
-/// A binary of another workspace package, from beside `nim-backend`. The tests never build
-/// anything themselves: `cargo test --workspace` (what `./dev test` runs) builds every binary of
-/// the workspace once, with the same features as the tests. One missing, or older than its
-/// package's sources (a `cargo test -p backend` after an edit elsewhere), is a failure that says
-/// so rather than a silent nested build or a test of stale code.
-fn workspace_binary(package: &str, bin: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_BIN_EXE_nim-backend")).with_file_name(bin);
-    let hint =
-        "run the suite with `./dev test` or `cargo test --workspace`, which build every binary";
-    let built = std::fs::metadata(&path)
-        .and_then(|m| m.modified())
-        .unwrap_or_else(|_| panic!("{} is not built: {hint}", path.display()));
-    let crates = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    for sources in [crates.join(package).join("src"), crates.join("wire/src")] {
-        if let Some(newer) = newest_file(&sources).filter(|(at, _)| *at > built) {
-            panic!("{} is older than {}: {hint}", path.display(), newer.1.display());
-        }
-    }
-    path
-}
-
-/// The most recently modified file under `dir`, and when.
-fn newest_file(dir: &Path) -> Option<(std::time::SystemTime, PathBuf)> {
-    std::fs::read_dir(dir)
-        .ok()?
-        .flatten()
-        .filter_map(|entry| {
-            let path = entry.path();
-            if path.is_dir() {
-                newest_file(&path)
-            } else {
-                Some((entry.metadata().ok()?.modified().ok()?, path))
-            }
-        })
-        .max()
 }
 
 /// Polls `probe` until it answers `Ok`, and returns that. `Err` carries what it saw this time,

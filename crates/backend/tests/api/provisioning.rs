@@ -211,6 +211,17 @@ async fn run_events_stream_over_sse_in_order_and_resume_after_last_event_id() {
     // Two machines and their network.
     assert_eq!(last_progress.2["done"], 3);
     assert_eq!(last_progress.2["total"], 3);
+    // The plan sets the total and the apply keeps it: it never starts again from zero.
+    let progress: Vec<(u64, u64)> = events
+        .iter()
+        .filter(|(_, kind, _)| kind == "progress")
+        .map(|(_, _, data)| (data["done"].as_u64().unwrap(), data["total"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        progress,
+        [(0, 1), (0, 2), (0, 3), (1, 3), (2, 3), (3, 3)],
+        "progress: {progress:?}"
+    );
     assert!(events.iter().any(|(_, kind, data)| kind == "log" && data["resource"] == "terraform_data.machine[1]"));
     let (_, _, finished) = events.last().unwrap();
     assert_eq!(finished["status"], "succeeded");

@@ -199,6 +199,10 @@ impl Terraform {
     /// every stdout line to `sink` in order, and stopping early on `stop`. The process group's
     /// leader pid is written to `pid_file` while it runs, so a later process can reap a group
     /// this one left behind when it was killed.
+    ///
+    /// Longer than our usual function on purpose: the child, its two pipes, the stop signals and
+    /// the grace period are one select loop over state only it holds, and reading it in one
+    /// place is what shows that stdout is never left unread while Terraform runs.
     #[tracing::instrument(skip_all)]
     pub async fn run(
         &self,

@@ -5,7 +5,8 @@
 use std::collections::HashSet;
 
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
+use wire::events::LogEvent;
 
 /// One line of `terraform plan|apply -json` output.
 #[derive(Debug, Clone, Deserialize)]
@@ -109,8 +110,8 @@ impl UiMessage {
             .or(self.diagnostic.as_ref().and_then(|d| d.address.as_deref()))
     }
 
-    /// The event stored in the run log for this line (`log {level, message, resource?}`).
-    pub fn log_event(&self) -> Value {
+    /// The event stored in the run log for this line (`log {level, message, type, resource?}`).
+    pub fn log_event(&self) -> LogEvent {
         let mut message = self.message.clone();
         if let Some(diagnostic) = &self.diagnostic {
             if !diagnostic.detail.is_empty() && !message.contains(&diagnostic.detail) {
@@ -121,19 +122,23 @@ impl UiMessage {
             "" => "info",
             other => other,
         };
-        let mut event = json!({ "level": level, "message": message, "type": self.kind });
-        if let Some(resource) = self.resource() {
-            event["resource"] = json!(resource);
+        LogEvent {
+            level: level.to_owned(),
+            message,
+            terraform_type: Some(self.kind.clone()),
+            resource: self.resource().map(str::to_owned),
         }
-        event
     }
 }
 
-/// Counts resources done of planned, following the reference notes (§1.5): total from
-/// `planned_change` (a replace counts twice), done from `apply_complete`/`apply_errored` seen after
-/// the planning phase, each (address, action) once.
+/// Counts resources done of planned over a whole run, following the reference notes (§1.5):
+/// total from `planned_change` (a replace counts twice), done from `apply_complete`/`apply_errored`
+/// seen after the planning phase, each (address, action) once. `apply PLANFILE` announces the
+/// saved plan's changes again: they are counted once, so the total set by the plan holds through
+/// the apply instead of starting again from zero.
 #[derive(Debug, Default)]
 pub struct Progress {
+    planned: HashSet<(String, String)>,
     total: u64,
     planning_over: bool,
     done: HashSet<(String, String)>,
@@ -150,8 +155,12 @@ impl Progress {
                     "replace" => 2,
                     _ => 0,
                 };
+                let key = (change.resource.addr.clone(), change.action.clone());
+                if weight == 0 || !self.planned.insert(key) {
+                    return None;
+                }
                 self.total += weight;
-                (weight > 0).then_some((self.done(), self.total))
+                Some((self.done(), self.total))
             }
             "change_summary" => {
                 self.planning_over = true;
@@ -186,6 +195,8 @@ impl Progress {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     fn msg(value: Value) -> UiMessage {
@@ -226,15 +237,34 @@ mod tests {
     #[test]
     fn non_json_lines_become_info_logs_and_diagnostics_carry_their_detail() {
         let text = UiMessage::parse("Error: something plain");
-        assert_eq!(text.log_event()["level"], "info");
-        assert_eq!(text.log_event()["message"], "Error: something plain");
+        assert_eq!(text.log_event().level, "info");
+        assert_eq!(text.log_event().message, "Error: something plain");
+        assert_eq!(text.log_event().terraform_type.as_deref(), Some("text"));
 
         let diagnostic = UiMessage::parse(
             r#"{"@level":"error","@message":"Error: local-exec provisioner error","type":"diagnostic","diagnostic":{"severity":"error","summary":"local-exec provisioner error","detail":"exit status 3","address":"terraform_data.m[0]"}}"#,
         );
         let event = diagnostic.log_event();
-        assert_eq!(event["level"], "error");
-        assert_eq!(event["resource"], "terraform_data.m[0]");
-        assert!(event["message"].as_str().unwrap().ends_with("exit status 3"));
+        assert_eq!(event.level, "error");
+        assert_eq!(event.resource.as_deref(), Some("terraform_data.m[0]"));
+        assert!(event.message.ends_with("exit status 3"));
+    }
+
+    #[test]
+    fn the_total_is_the_plans_and_holds_through_the_apply() {
+        // One Progress per run: the plan step's messages, then the apply step's, which announce
+        // the saved plan's changes again before applying them.
+        let mut progress = Progress::default();
+        let mut seen = Vec::new();
+        let plan =
+            [planned("a.net", "create"), planned("a.m[0]", "create"), planned("a.m[1]", "create")];
+        seen.extend(plan.iter().filter_map(|m| progress.observe(m)));
+        progress.observe(&msg(json!({"type": "change_summary", "changes": {"add": 3, "change": 0, "remove": 0, "operation": "plan"}})));
+        seen.extend(plan.iter().filter_map(|m| progress.observe(m)));
+        for addr in ["a.net", "a.m[0]", "a.m[1]"] {
+            seen.extend(progress.observe(&hook("apply_start", addr, "create")));
+            seen.extend(progress.observe(&hook("apply_complete", addr, "create")));
+        }
+        assert_eq!(seen, [(0, 1), (0, 2), (0, 3), (1, 3), (2, 3), (3, 3)]);
     }
 }

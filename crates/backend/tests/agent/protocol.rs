@@ -3,13 +3,15 @@
 
 use std::time::{Duration, Instant};
 
-use nim_backend::services::cloud_client::{AgentTarget, MachineStatus};
+use nim_backend::services::cloud_client::{AgentTarget, CallOutcome};
 use reqwest::StatusCode;
 use secrecy::ExposeSecret;
 use tokio::process::Command;
 use wire::{ExecRequest, Problem};
 
-use crate::helpers::{AGENT_BIN, Deployment, exec_one, raw_client, service, start_exec};
+use crate::helpers::{
+    AGENT_BIN, Deployment, exec_one, health_all, raw_client, service, start_exec,
+};
 
 #[tokio::test]
 async fn health_answers_without_a_token() {
@@ -52,10 +54,10 @@ async fn a_wrong_or_missing_token_is_refused_with_401() {
         ..agent.target.clone()
     };
     let result = exec_one(&wrong, ExecRequest::argv(["true"])).await;
-    assert_eq!(result.status, MachineStatus::Rejected);
+    assert_eq!(result.status, CallOutcome::Rejected);
     assert!(result.error.as_deref().unwrap().contains("(401)"), "{:?}", result.error);
     let info = service().info(&wrong).await.unwrap_err();
-    assert_eq!(info.status(), MachineStatus::Rejected);
+    assert_eq!(info.status(), CallOutcome::Rejected);
 
     let response = raw_client(&deployment.cert.cert_pem)
         .post(agent.url("/v1/exec"))
@@ -78,13 +80,13 @@ async fn an_agent_presenting_another_certificate_is_refused() {
     // The backend expects `pinned`'s certificate at this address, and even sends its token.
     let target = AgentTarget { credentials: pinned.credentials.clone(), ..agent.target.clone() };
 
-    let results = service().health(std::slice::from_ref(&target)).await;
+    let results = health_all(&service(), std::slice::from_ref(&target)).await;
 
-    assert_eq!(results[0].status, MachineStatus::Unreachable);
+    assert_eq!(results[0].status, CallOutcome::Unreachable);
     let error = results[0].error.as_deref().unwrap();
     assert!(error.contains("other than the one pinned"), "{error}");
     let exec = exec_one(&target, ExecRequest::argv(["true"])).await;
-    assert_eq!(exec.status, MachineStatus::Unreachable, "no request reaches an unpinned agent");
+    assert_eq!(exec.status, CallOutcome::Unreachable, "no request reaches an unpinned agent");
 }
 
 #[tokio::test]
@@ -176,7 +178,7 @@ async fn commands_over_the_concurrency_limit_are_refused_with_429() {
     }
 
     let result = exec_one(&agent.target, ExecRequest::argv(["true"])).await;
-    assert_eq!(result.status, MachineStatus::Rejected);
+    assert_eq!(result.status, CallOutcome::Rejected);
     let error = result.error.as_deref().unwrap();
     assert!(error.contains("(429)") && error.contains("2 commands are already running"), "{error}");
 
@@ -187,7 +189,7 @@ async fn commands_over_the_concurrency_limit_are_refused_with_429() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let result = exec_one(&agent.target, ExecRequest::argv(["true"])).await;
-        if result.status == MachineStatus::Succeeded {
+        if result.status == CallOutcome::Succeeded {
             break;
         }
         assert!(Instant::now() < deadline, "slots never freed: {result:?}");
@@ -210,7 +212,7 @@ async fn settings_can_come_from_a_json_config_file() {
         "output_cap_bytes": 4,
     });
     std::fs::write(&config_file, config.to_string()).unwrap();
-    let mut command = Command::new(AGENT_BIN);
+    let mut command = Command::new(AGENT_BIN.as_str());
     command.arg("--config").arg(&config_file).env_clear();
 
     let agent = deployment.spawn_configured(command, "configured").await;
@@ -222,7 +224,7 @@ async fn settings_can_come_from_a_json_config_file() {
 
 #[tokio::test]
 async fn a_missing_setting_stops_the_agent_with_a_message_naming_it() {
-    let output = Command::new(AGENT_BIN)
+    let output = Command::new(AGENT_BIN.as_str())
         .env_clear()
         .env("NIM_AGENT_LISTEN", "127.0.0.1:0")
         .output()

@@ -1,12 +1,12 @@
 //! Fan-out benchmark: starts N real agents on loopback (N = 1, 50, 200) and runs `true` on all of
-//! them through `CloudClientService` with the default options, printing machines per second and
-//! per-machine latency. Not a timed test: run it with `cargo bench -p agent --bench fanout` to
+//! them through `CloudClientService` at a command's default concurrency (64), printing machines per second and
+//! per-machine latency. Not a timed test: run it with `cargo bench -p backend --bench fanout` to
 //! compare changes. `NIM_BENCH_SIZES=1,50` picks other sizes. Run by `cargo test --all-targets`
 //! (without cargo bench's `--bench` flag) it only checks itself with one agent.
 
 use std::time::{Duration, Instant};
 
-use nim_backend::services::cloud_client::{CloudClientService, ExecOptions, MachineStatus};
+use nim_backend::services::cloud_client::{CallOutcome, CloudClientService};
 use wire::ExecRequest;
 
 #[path = "../tests/agent/helpers.rs"]
@@ -51,20 +51,19 @@ async fn run(n: usize) -> Row {
     let targets: Vec<_> = agents.iter().map(|a| a.target.clone()).collect();
     let service = CloudClientService::default();
     let request = ExecRequest::argv(["true"]);
-    let options = ExecOptions::default();
     service
         .wait_ready(&targets, Instant::now() + Duration::from_secs(60))
         .await
         .expect("agents start");
     // One untimed round opens the connections that the timed rounds reuse.
-    service.exec(&targets, &request, &options).await;
+    helpers::exec_all(&service, &targets, &request, helpers::EXEC_TIMEOUT).await;
 
     let rounds = (2000 / n).clamp(5, 200);
     let mut latencies = Vec::with_capacity(rounds * n);
     let timed = Instant::now();
     for _ in 0..rounds {
-        for result in service.exec(&targets, &request, &options).await {
-            assert_eq!(result.status, MachineStatus::Succeeded, "{result:?}");
+        for result in helpers::exec_all(&service, &targets, &request, helpers::EXEC_TIMEOUT).await {
+            assert_eq!(result.status, CallOutcome::Succeeded, "{result:?}");
             latencies.push(result.elapsed);
         }
     }

@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeSet, path::Path};
 
-use nim_backend::services::cloud_client::MachineStatus;
+use nim_backend::services::cloud_client::CallOutcome;
 use secrecy::ExposeSecret;
 use tokio::process::Command;
 use wire::{ExecRequest, ExecResponse};
@@ -40,7 +40,7 @@ fn agent_command(deployment: &Deployment, program: &str, home_lang: [Option<&str
 
 async fn run(agent: &TestAgent, request: ExecRequest) -> ExecResponse {
     let result = exec_one(&agent.target, request).await;
-    assert_eq!(result.status, MachineStatus::Succeeded, "{result:?}");
+    assert_eq!(result.status, CallOutcome::Succeeded, "{result:?}");
     result.response.unwrap()
 }
 
@@ -55,7 +55,7 @@ fn running_as_root() -> bool {
 #[tokio::test]
 async fn a_command_gets_only_the_base_environment_and_the_requests_env() {
     let deployment = Deployment::new();
-    let command = agent_command(&deployment, AGENT_BIN, [Some("/srv/nim-home"), None]);
+    let command = agent_command(&deployment, AGENT_BIN.as_str(), [Some("/srv/nim-home"), None]);
     let agent = deployment.spawn_configured(command, "env").await;
 
     let response =
@@ -80,7 +80,7 @@ async fn a_command_gets_only_the_base_environment_and_the_requests_env() {
 #[tokio::test]
 async fn the_agents_lang_is_kept_home_falls_back_by_uid_and_the_request_env_wins() {
     let deployment = Deployment::new();
-    let command = agent_command(&deployment, AGENT_BIN, [None, Some("de_DE.UTF-8")]);
+    let command = agent_command(&deployment, AGENT_BIN.as_str(), [None, Some("de_DE.UTF-8")]);
     let agent = deployment.spawn_configured(command, "env").await;
 
     let plain = run(&agent, ExecRequest::argv(["env"])).await;
@@ -107,7 +107,7 @@ async fn the_agents_lang_is_kept_home_falls_back_by_uid_and_the_request_env_wins
 #[tokio::test]
 async fn an_agent_given_config_dash_reads_its_settings_piped_on_stdin() {
     let deployment = Deployment::new();
-    let mut command = Command::new(AGENT_BIN);
+    let mut command = Command::new(AGENT_BIN.as_str());
     command.arg("--config").arg("-").env_clear();
     let agent = deployment
         .spawn_configured_with(command, "stdin", AgentStdin::Pipe(deployment.config_json()))
@@ -120,7 +120,7 @@ async fn an_agent_given_config_dash_reads_its_settings_piped_on_stdin() {
         ..agent.target.clone()
     };
     let refused = exec_one(&wrong, ExecRequest::argv(["true"])).await;
-    assert_eq!(refused.status, MachineStatus::Rejected, "{refused:?}");
+    assert_eq!(refused.status, CallOutcome::Rejected, "{refused:?}");
 }
 
 #[tokio::test]
@@ -131,7 +131,7 @@ async fn a_command_cannot_read_the_config_the_agent_read_from_stdin() {
     let dir = tempfile::tempdir().unwrap();
     let config_file = dir.path().join("agent.json");
     std::fs::write(&config_file, deployment.config_json()).unwrap();
-    let mut command = Command::new(AGENT_BIN);
+    let mut command = Command::new(AGENT_BIN.as_str());
     command.env_clear().env("NIM_AGENT_CONFIG", "-");
     let stdin = AgentStdin::File(std::fs::File::open(&config_file).unwrap());
     let agent = deployment.spawn_configured_with(command, "stdin", stdin).await;
@@ -173,7 +173,7 @@ async fn a_command_of_the_agents_own_uid_cannot_read_its_proc_entries() {
     };
     let deployment = Deployment::new();
     let mut command = agent_command(&deployment, setpriv, [None, None]);
-    command.args(["--reuid=65534", "--regid=65534", "--clear-groups", AGENT_BIN]);
+    command.args(["--reuid=65534", "--regid=65534", "--clear-groups", AGENT_BIN.as_str()]);
     // setpriv execs the agent, so the agent keeps this pid.
     let agent = deployment.spawn_configured(command, "nobody").await;
     let pid = agent.pid();

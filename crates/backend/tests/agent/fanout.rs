@@ -7,12 +7,12 @@ use std::{
 };
 
 use nim_backend::services::cloud_client::{
-    AgentTarget, CloudClientConfig, CloudClientService, ExecOptions, MachineStatus,
+    AgentTarget, CallOutcome, CloudClientConfig, CloudClientService,
 };
 use nix::sys::signal::Signal;
 use wire::ExecRequest;
 
-use crate::helpers::{Deployment, service};
+use crate::helpers::{Deployment, EXEC_TIMEOUT, exec_all, health_all, service};
 
 #[tokio::test]
 async fn fan_out_to_20_agents_with_5_stopped_returns_every_result_within_one_timeout() {
@@ -33,8 +33,8 @@ async fn fan_out_to_20_agents_with_5_stopped_returns_every_result_within_one_tim
     });
 
     let started = Instant::now();
-    let options = ExecOptions { timeout: Duration::from_secs(10), ..ExecOptions::default() };
-    let results = service.exec(&targets, &ExecRequest::argv(["echo", "ok"]), &options).await;
+    let request = ExecRequest::argv(["echo", "ok"]);
+    let results = exec_all(&service, &targets, &request, Duration::from_secs(10)).await;
     let elapsed = started.elapsed();
 
     assert_eq!(results.len(), 20);
@@ -42,11 +42,11 @@ async fn fan_out_to_20_agents_with_5_stopped_returns_every_result_within_one_tim
         assert_eq!(result.machine, target.name, "results come back in the machines' order");
     }
     for result in &results[..15] {
-        assert_eq!(result.status, MachineStatus::Succeeded, "{result:?}");
+        assert_eq!(result.status, CallOutcome::Succeeded, "{result:?}");
         assert_eq!(result.response.as_ref().unwrap().stdout, "ok\n");
     }
     for result in &results[15..] {
-        assert_eq!(result.status, MachineStatus::Unreachable, "{result:?}");
+        assert_eq!(result.status, CallOutcome::Unreachable, "{result:?}");
         assert!(
             result.error.as_deref().is_some_and(|e| e.contains("cannot reach the agent")),
             "{result:?}"
@@ -67,12 +67,12 @@ async fn health_reports_each_machine_separately() {
     agents[1].child.kill().await.unwrap();
     let targets: Vec<AgentTarget> = agents.iter().map(|a| a.target.clone()).collect();
 
-    let results = service().health(&targets).await;
+    let results = health_all(&service(), &targets).await;
 
-    let statuses: Vec<MachineStatus> = results.iter().map(|r| r.status).collect();
+    let statuses: Vec<CallOutcome> = results.iter().map(|r| r.status).collect();
     assert_eq!(
         statuses,
-        [MachineStatus::Succeeded, MachineStatus::Unreachable, MachineStatus::Succeeded]
+        [CallOutcome::Succeeded, CallOutcome::Unreachable, CallOutcome::Succeeded]
     );
     assert_eq!(results[0].response.as_ref().unwrap().status, "ok");
 }
@@ -159,13 +159,13 @@ async fn repeated_calls_to_a_deployment_reuse_one_connection() {
     let service = service();
     let machines = std::slice::from_ref(&agent.target);
 
-    assert_eq!(service.health(machines).await[0].status, MachineStatus::Succeeded);
+    assert_eq!(health_all(&service, machines).await[0].status, CallOutcome::Succeeded);
     let first = open_connections_to(agent.addr.port());
     for _ in 0..5 {
         let results =
-            service.exec(machines, &ExecRequest::argv(["true"]), &ExecOptions::default()).await;
-        assert_eq!(results[0].status, MachineStatus::Succeeded);
-        assert_eq!(service.health(machines).await[0].status, MachineStatus::Succeeded);
+            exec_all(&service, machines, &ExecRequest::argv(["true"]), EXEC_TIMEOUT).await;
+        assert_eq!(results[0].status, CallOutcome::Succeeded);
+        assert_eq!(health_all(&service, machines).await[0].status, CallOutcome::Succeeded);
     }
     service.info(&agent.target).await.unwrap();
 

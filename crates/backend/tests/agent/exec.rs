@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use nim_backend::services::cloud_client::MachineStatus;
+use nim_backend::services::cloud_client::CallOutcome;
 use wire::ExecRequest;
 
 use crate::helpers::{
@@ -16,7 +16,7 @@ async fn exec_runs_argv_directly_without_a_shell() {
 
     let result = exec_one(&agent.target, ExecRequest::argv(["echo", "$HOME", "a  b"])).await;
 
-    assert_eq!(result.status, MachineStatus::Succeeded, "{result:?}");
+    assert_eq!(result.status, CallOutcome::Succeeded, "{result:?}");
     let response = result.response.unwrap();
     assert_eq!(response.stdout, "$HOME a  b\n");
     assert_eq!(
@@ -35,7 +35,7 @@ async fn exec_runs_shell_scripts_and_reports_non_zero_exits_as_failed() {
         exec_one(&agent.target, ExecRequest::shell("echo $((40 + 2)); echo oops >&2; exit 3"))
             .await;
 
-    assert_eq!(result.status, MachineStatus::Failed);
+    assert_eq!(result.status, CallOutcome::Failed);
     let response = result.response.unwrap();
     assert_eq!((response.stdout.as_str(), response.stderr.as_str()), ("42\n", "oops\n"));
     assert_eq!(response.exit_code, Some(3));
@@ -49,7 +49,7 @@ async fn exec_reports_the_signal_that_ended_a_command() {
 
     let result = exec_one(&agent.target, ExecRequest::shell("kill -TERM $$")).await;
 
-    assert_eq!(result.status, MachineStatus::Failed);
+    assert_eq!(result.status, CallOutcome::Failed);
     let response = result.response.unwrap();
     assert_eq!((response.exit_code, response.signal), (None, Some(15)));
     assert!(result.error.unwrap().contains("signal 15"));
@@ -68,7 +68,7 @@ async fn exec_passes_env_cwd_and_stdin_to_the_command() {
         .with_stdin("line one\nline two\n");
     let result = exec_one(&agent.target, request).await;
 
-    assert_eq!(result.status, MachineStatus::Succeeded, "{result:?}");
+    assert_eq!(result.status, CallOutcome::Succeeded, "{result:?}");
     assert_eq!(
         result.response.unwrap().stdout,
         format!("hello from env\n{cwd}\nline one\nline two\n")
@@ -86,7 +86,7 @@ async fn a_timeout_kills_the_whole_process_tree() {
     let request = ExecRequest::shell(process_tree_script(&pids_file)).with_timeout_ms(1_000);
     let result = exec_one(&agent.target, request).await;
 
-    assert_eq!(result.status, MachineStatus::TimedOut, "{result:?}");
+    assert_eq!(result.status, CallOutcome::TimedOut, "{result:?}");
     let response = result.response.unwrap();
     assert!(response.timed_out);
     assert_eq!(response.signal, Some(9));
@@ -128,7 +128,7 @@ async fn output_beyond_the_cap_is_dropped_and_flagged_without_being_buffered() {
     let result =
         exec_one(&agent.target, ExecRequest::shell("yes | head -c 52428800; echo done >&2")).await;
 
-    assert_eq!(result.status, MachineStatus::Succeeded, "{:?}", result.error);
+    assert_eq!(result.status, CallOutcome::Succeeded, "{:?}", result.error);
     let response = result.response.unwrap();
     assert!(response.truncated);
     assert_eq!(response.stdout.len(), 1024 * 1024, "exactly the default 1 MiB cap is kept");
@@ -152,7 +152,7 @@ async fn a_background_process_holding_the_output_open_does_not_hold_the_answer()
     let started = Instant::now();
     let result = exec_one(&agent.target, ExecRequest::shell("sleep 20 & echo started")).await;
 
-    assert_eq!(result.status, MachineStatus::Succeeded, "{result:?}");
+    assert_eq!(result.status, CallOutcome::Succeeded, "{result:?}");
     assert_eq!(result.response.unwrap().stdout, "started\n");
     assert!(started.elapsed() < Duration::from_secs(10), "answered after {:?}", started.elapsed());
 }

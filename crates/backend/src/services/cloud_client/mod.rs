@@ -1,7 +1,10 @@
 //! The plan's `CloudClientService`: the backend's side of the agent protocol. It calls the
 //! `nim-agent` on each machine of a deployment over HTTPS with the deployment's pinned
 //! certificate and bearer token, fans a call out to many machines with bounded concurrency and a
-//! per-machine timeout, and returns one result per machine even when some fail.
+//! per-machine timeout, and returns one result per machine even when some fail. `agent.rs` is
+//! the typed client of one agent.
+
+mod agent;
 
 use std::{
     collections::HashMap,
@@ -14,8 +17,10 @@ use std::{
 use futures_util::{StreamExt, stream};
 use reqwest::header::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
-use serde::{Serialize, de::DeserializeOwned};
-use wire::{ExecRequest, ExecResponse, HealthResponse, InfoResponse, Problem};
+use serde::Serialize;
+use wire::{ExecRequest, ExecResponse, HealthResponse, InfoResponse};
+
+pub use self::agent::{AgentCallError, AgentClient};
 
 use super::certs::{AgentPin, CertError};
 
@@ -64,10 +69,10 @@ impl AgentTarget {
     }
 }
 
-/// How one machine's call ended.
+/// How one machine's call ended (not its health: that is the domain's `MachineStatus`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum MachineStatus {
+pub enum CallOutcome {
     /// The agent answered; for exec, the command exited 0.
     Succeeded,
     /// The command exited non-zero or was killed, or the agent answered with a server error.
@@ -84,7 +89,7 @@ pub enum MachineStatus {
 #[derive(Debug, Clone, Serialize)]
 pub struct MachineResult<T> {
     pub machine: String,
-    pub status: MachineStatus,
+    pub status: CallOutcome,
     /// The agent's answer, when there was one.
     pub response: Option<T>,
     /// Why the call did not succeed, when there is no exit code to say it.
@@ -101,29 +106,8 @@ fn serialize_millis<S: serde::Serializer>(
     serializer.serialize_u64(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// Why a call to one agent failed.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum AgentCallError {
-    #[error("cannot reach the agent: {0}")]
-    Unreachable(String),
-    #[error("the agent did not answer within {} ms", .0.as_millis())]
-    TimedOut(Duration),
-    #[error("the agent refused the request ({status}): {detail}")]
-    Rejected { status: u16, detail: String },
-    #[error("the agent failed: {0}")]
-    Failed(String),
-}
-
-impl AgentCallError {
-    pub fn status(&self) -> MachineStatus {
-        match self {
-            Self::Unreachable(_) => MachineStatus::Unreachable,
-            Self::TimedOut(_) => MachineStatus::TimedOut,
-            Self::Rejected { .. } => MachineStatus::Rejected,
-            Self::Failed(_) => MachineStatus::Failed,
-        }
-    }
-}
+/// Agents whose health `wait_ready` polls at once.
+const READY_CONCURRENCY: usize = 64;
 
 /// Settings of the service as a whole.
 #[derive(Debug, Clone)]
@@ -151,22 +135,6 @@ impl Default for CloudClientConfig {
     }
 }
 
-/// Options of one fan-out of a command.
-#[derive(Debug, Clone)]
-pub struct ExecOptions {
-    /// The command's timeout on each machine, used when the request sets no `timeout_ms`. The
-    /// call to a machine gives up `exec_response_margin` after the command's timeout.
-    pub timeout: Duration,
-    /// Machines called at once.
-    pub max_concurrency: usize,
-}
-
-impl Default for ExecOptions {
-    fn default() -> Self {
-        Self { timeout: Duration::from_secs(60), max_concurrency: 64 }
-    }
-}
-
 /// `wait_ready` gave up: these machines never answered a health check.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{} of {total} machines did not answer before the deadline: {}", pending.len(), describe(pending))]
@@ -178,93 +146,6 @@ pub struct NotReady {
 
 fn describe(pending: &[(String, String)]) -> String {
     pending.iter().map(|(name, error)| format!("{name} ({error})")).collect::<Vec<_>>().join(", ")
-}
-
-/// A typed client of one agent: one method per endpoint, wire types in and out.
-#[derive(Clone)]
-pub struct AgentClient {
-    http: reqwest::Client,
-    base_url: String,
-    authorization: HeaderValue,
-}
-
-impl AgentClient {
-    pub async fn health(&self, timeout: Duration) -> Result<HealthResponse, AgentCallError> {
-        let request = self.http.get(format!("{}/v1/health", self.base_url));
-        send(request, timeout).await
-    }
-
-    pub async fn info(&self, timeout: Duration) -> Result<InfoResponse, AgentCallError> {
-        let request = self
-            .http
-            .get(format!("{}/v1/info", self.base_url))
-            .header(reqwest::header::AUTHORIZATION, self.authorization.clone());
-        send(request, timeout).await
-    }
-
-    /// Runs a command; `timeout` bounds the whole call, so it should exceed the command's own.
-    pub async fn exec(
-        &self,
-        request: &ExecRequest,
-        timeout: Duration,
-    ) -> Result<ExecResponse, AgentCallError> {
-        let request = self
-            .http
-            .post(format!("{}/v1/exec", self.base_url))
-            .header(reqwest::header::AUTHORIZATION, self.authorization.clone())
-            .json(request);
-        send(request, timeout).await
-    }
-}
-
-async fn send<T: DeserializeOwned>(
-    request: reqwest::RequestBuilder,
-    timeout: Duration,
-) -> Result<T, AgentCallError> {
-    let response = request.timeout(timeout).send().await.map_err(|err| classify(&err, timeout))?;
-    let status = response.status();
-    if status.is_success() {
-        return response.json::<T>().await.map_err(|err| match classify(&err, timeout) {
-            AgentCallError::TimedOut(t) => AgentCallError::TimedOut(t),
-            _ => AgentCallError::Failed(format!("unreadable answer: {}", error_chain(&err))),
-        });
-    }
-    let body = response.text().await.unwrap_or_default();
-    let detail = match serde_json::from_str::<Problem>(&body) {
-        Ok(problem) => problem.detail,
-        Err(_) => body.chars().take(500).collect(),
-    };
-    if status.is_client_error() {
-        Err(AgentCallError::Rejected { status: status.as_u16(), detail })
-    } else {
-        Err(AgentCallError::Failed(format!("{status}: {detail}")))
-    }
-}
-
-fn classify(err: &reqwest::Error, timeout: Duration) -> AgentCallError {
-    // A connect timeout is both a connect error and a timeout: the machine is unreachable.
-    if err.is_connect() {
-        AgentCallError::Unreachable(error_chain(err))
-    } else if err.is_timeout() {
-        AgentCallError::TimedOut(timeout)
-    } else {
-        AgentCallError::Unreachable(error_chain(err))
-    }
-}
-
-/// reqwest's own message is only "error sending request"; the causes say what happened.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut message = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = cause.source();
-    }
-    message
 }
 
 /// The plan's `CloudClientService`. Cheap to share behind an `Arc`; it keeps one HTTPS client
@@ -290,11 +171,11 @@ impl CloudClientService {
             AgentCallError::Failed("the agent token is not a valid header value".to_owned())
         })?;
         authorization.set_sensitive(true);
-        Ok(AgentClient {
-            http: self.http_client(&target.credentials.pin)?,
-            base_url: target.base_url(),
+        Ok(AgentClient::new(
+            self.http_client(&target.credentials.pin)?,
+            target.base_url(),
             authorization,
-        })
+        ))
     }
 
     fn http_client(&self, pin: &AgentPin) -> Result<reqwest::Client, AgentCallError> {
@@ -327,15 +208,16 @@ impl CloudClientService {
         Ok(client)
     }
 
-    /// Asks every machine's agent whether it is up.
-    #[tracing::instrument(skip_all, fields(machines = machines.len()))]
-    pub async fn health(&self, machines: &[AgentTarget]) -> Vec<MachineResult<HealthResponse>> {
-        let timeout = self.config.call_timeout;
-        self.fan_out(
-            machines,
-            ExecOptions::default().max_concurrency,
+    /// Asks one machine's agent whether it is up; the readiness gate polls this.
+    pub async fn health_one(
+        &self,
+        machine: &AgentTarget,
+        timeout: Duration,
+    ) -> MachineResult<HealthResponse> {
+        self.call_one(
+            machine.clone(),
             |agent| async move { agent.health(timeout).await },
-            |_| (MachineStatus::Succeeded, None),
+            |_| (CallOutcome::Succeeded, None),
         )
         .await
     }
@@ -344,26 +226,6 @@ impl CloudClientService {
     #[tracing::instrument(skip_all, fields(machine = %machine.name))]
     pub async fn info(&self, machine: &AgentTarget) -> Result<InfoResponse, AgentCallError> {
         self.agent(machine)?.info(self.config.call_timeout).await
-    }
-
-    /// Runs one command on every machine, at most `options.max_concurrency` at a time; results
-    /// come back in the order of `machines`.
-    #[tracing::instrument(skip_all, fields(machines = machines.len()))]
-    pub async fn exec(
-        &self,
-        machines: &[AgentTarget],
-        request: &ExecRequest,
-        options: &ExecOptions,
-    ) -> Vec<MachineResult<ExecResponse>> {
-        let (request, call_timeout) = self.exec_call(request, options.timeout);
-        let request = &request;
-        self.fan_out(
-            machines,
-            options.max_concurrency,
-            |agent| async move { agent.exec(request, call_timeout).await },
-            exec_status,
-        )
-        .await
     }
 
     /// Runs one command on one machine. Dropping the future hangs up on the agent, which kills
@@ -417,18 +279,21 @@ impl CloudClientService {
                 return Err(NotReady { total: machines.len(), pending });
             }
             let timeout = self.config.call_timeout.min(remaining);
-            let results = self
-                .fan_out(
-                    &pending,
-                    ExecOptions::default().max_concurrency,
-                    |agent| async move { agent.health(timeout).await },
-                    |_| (MachineStatus::Succeeded, None),
-                )
-                .await;
+            // Each call owns its target: a closure over borrowed targets makes the future fail
+            // rustc's `Send` proof when a caller spawns it (as the run worker does). Completion
+            // order does not matter: a slow machine holds only its own slot.
+            let calls =
+                pending.clone().into_iter().enumerate().map(|(index, machine)| async move {
+                    (index, self.health_one(&machine, timeout).await)
+                });
+            let mut results: Vec<_> =
+                stream::iter(calls).buffer_unordered(READY_CONCURRENCY).collect().await;
+            results.sort_by_key(|(index, _)| *index);
+            let results = results.into_iter().map(|(_, result)| result);
             let (still_pending, still_errors): (Vec<_>, Vec<_>) = pending
                 .into_iter()
                 .zip(results)
-                .filter(|(_, result)| result.status != MachineStatus::Succeeded)
+                .filter(|(_, result)| result.status != CallOutcome::Succeeded)
                 .map(|(machine, result)| (machine, result.error.unwrap_or_default()))
                 .unzip();
             (pending, errors) = (still_pending, still_errors);
@@ -447,7 +312,7 @@ impl CloudClientService {
         &self,
         machine: AgentTarget,
         call: F,
-        judge: fn(&T) -> (MachineStatus, Option<String>),
+        judge: fn(&T) -> (CallOutcome, Option<String>),
     ) -> MachineResult<T>
     where
         F: Fn(AgentClient) -> Fut,
@@ -482,38 +347,13 @@ impl CloudClientService {
             }
         }
     }
-
-    /// Calls every machine with at most `concurrency` calls in flight. Completion order does not
-    /// matter: a slow machine holds only its own slot, never the others' results.
-    async fn fan_out<'a, T, F, Fut>(
-        &self,
-        machines: &'a [AgentTarget],
-        concurrency: usize,
-        call: F,
-        judge: fn(&T) -> (MachineStatus, Option<String>),
-    ) -> Vec<MachineResult<T>>
-    where
-        F: Fn(AgentClient) -> Fut,
-        Fut: Future<Output = Result<T, AgentCallError>> + 'a,
-    {
-        // Each call owns its target: a closure over borrowed targets makes the fan-out's future
-        // fail rustc's `Send` proof when a caller spawns it (as the run worker and axum do).
-        let call = &call;
-        let calls = machines.iter().cloned().enumerate().map(|(index, machine)| async move {
-            (index, self.call_one(machine, call, judge).await)
-        });
-        let mut results: Vec<(usize, MachineResult<T>)> =
-            stream::iter(calls).buffer_unordered(concurrency.max(1)).collect().await;
-        results.sort_by_key(|(index, _)| *index);
-        results.into_iter().map(|(_, result)| result).collect()
-    }
 }
 
 /// `succeeded` only for exit 0; a timeout is `timed_out` even though the agent answered.
-fn exec_status(response: &ExecResponse) -> (MachineStatus, Option<String>) {
+fn exec_status(response: &ExecResponse) -> (CallOutcome, Option<String>) {
     if response.timed_out {
         (
-            MachineStatus::TimedOut,
+            CallOutcome::TimedOut,
             Some(format!(
                 "the command ran past its timeout and was killed after {} ms",
                 response.duration_ms
@@ -521,13 +361,13 @@ fn exec_status(response: &ExecResponse) -> (MachineStatus, Option<String>) {
         )
     } else {
         match (response.exit_code, response.signal) {
-            (Some(0), _) => (MachineStatus::Succeeded, None),
-            (Some(_), _) => (MachineStatus::Failed, None),
+            (Some(0), _) => (CallOutcome::Succeeded, None),
+            (Some(_), _) => (CallOutcome::Failed, None),
             (None, Some(signal)) => {
-                (MachineStatus::Failed, Some(format!("the command was killed by signal {signal}")))
+                (CallOutcome::Failed, Some(format!("the command was killed by signal {signal}")))
             }
             (None, None) => {
-                (MachineStatus::Failed, Some("the command ended without an exit status".to_owned()))
+                (CallOutcome::Failed, Some("the command ended without an exit status".to_owned()))
             }
         }
     }
@@ -555,14 +395,14 @@ mod tests {
     #[test]
     fn exit_status_decides_the_machine_status() {
         let exited = |code| ExecResponse { exit_code: Some(code), ..ExecResponse::default() };
-        assert_eq!(exec_status(&exited(0)).0, MachineStatus::Succeeded);
-        assert_eq!(exec_status(&exited(3)), (MachineStatus::Failed, None));
+        assert_eq!(exec_status(&exited(0)).0, CallOutcome::Succeeded);
+        assert_eq!(exec_status(&exited(3)), (CallOutcome::Failed, None));
         let killed = ExecResponse { signal: Some(9), ..ExecResponse::default() };
-        assert_eq!(exec_status(&killed).0, MachineStatus::Failed);
+        assert_eq!(exec_status(&killed).0, CallOutcome::Failed);
         assert!(exec_status(&killed).1.unwrap().contains("signal 9"));
         let timed_out =
             ExecResponse { signal: Some(9), timed_out: true, ..ExecResponse::default() };
-        assert_eq!(exec_status(&timed_out).0, MachineStatus::TimedOut);
+        assert_eq!(exec_status(&timed_out).0, CallOutcome::TimedOut);
     }
 
     #[test]

@@ -9,11 +9,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use futures_util::StreamExt;
 use nim_backend::services::{
     certs::{AgentPin, DeploymentCert, mint_deployment_cert},
     cloud_client::{
-        AgentCredentials, AgentTarget, CloudClientConfig, CloudClientService, ExecOptions,
-        MachineResult,
+        AgentCredentials, AgentTarget, CloudClientConfig, CloudClientService, MachineResult,
     },
 };
 use secrecy::{ExposeSecret, SecretString};
@@ -21,9 +21,15 @@ use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     process::{Child, Command},
 };
-use wire::{ExecRequest, ExecResponse};
+use wire::{ExecRequest, ExecResponse, HealthResponse};
 
-pub(crate) const AGENT_BIN: &str = env!("CARGO_BIN_EXE_nim-agent");
+#[path = "../support/binaries.rs"]
+#[allow(dead_code, reason = "the agent's tests run only the agent")]
+mod binaries;
+
+/// The `nim-agent` binary, built beside `nim-backend`.
+pub(crate) static AGENT_BIN: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| binaries::agent_binary().display().to_string());
 
 /// A deployment's secrets: the certificate its agents serve and the token they expect.
 pub(crate) struct Deployment {
@@ -54,7 +60,7 @@ impl Deployment {
 
     /// A `nim-agent` serving this deployment's certificate on 127.0.0.1, port chosen by the OS.
     pub(crate) async fn spawn_agent(&self, extra_args: &[&str]) -> TestAgent {
-        let mut command = Command::new(AGENT_BIN);
+        let mut command = Command::new(AGENT_BIN.as_str());
         command
             .args(extra_args)
             .env("NIM_AGENT_LISTEN", "127.0.0.1:0")
@@ -175,15 +181,44 @@ pub(crate) fn service() -> CloudClientService {
     })
 }
 
-/// Runs one command on one agent through the service, with default options.
+/// A command's timeout when the request sets none (the backend's default, 60 s).
+pub(crate) const EXEC_TIMEOUT: Duration = Duration::from_secs(60);
+/// Calls in flight at once in `exec_all` (a command's default `max_concurrency`).
+const EXEC_CONCURRENCY: usize = 64;
+
+/// Runs one command on one agent through the service.
 pub(crate) async fn exec_one(
     target: &AgentTarget,
     request: ExecRequest,
 ) -> MachineResult<ExecResponse> {
-    let mut results =
-        service().exec(std::slice::from_ref(target), &request, &ExecOptions::default()).await;
-    assert_eq!(results.len(), 1, "one result per machine");
-    results.remove(0)
+    service().exec_one(target, &request, EXEC_TIMEOUT).await
+}
+
+/// Runs one command on every machine through `service`, at most 64 at once, results in the
+/// machines' order: the calls a command's rollout makes, without its bookkeeping.
+pub(crate) async fn exec_all(
+    service: &CloudClientService,
+    targets: &[AgentTarget],
+    request: &ExecRequest,
+    timeout: Duration,
+) -> Vec<MachineResult<ExecResponse>> {
+    // As a rollout does: a slow machine holds only its own slot.
+    let calls = targets.iter().enumerate().map(|(index, target)| async move {
+        (index, service.exec_one(target, request, timeout).await)
+    });
+    let mut results: Vec<_> =
+        futures_util::stream::iter(calls).buffer_unordered(EXEC_CONCURRENCY).collect().await;
+    results.sort_by_key(|(index, _)| *index);
+    results.into_iter().map(|(_, result)| result).collect()
+}
+
+/// Asks every machine's agent whether it is up, at once, results in the machines' order.
+pub(crate) async fn health_all(
+    service: &CloudClientService,
+    targets: &[AgentTarget],
+) -> Vec<MachineResult<HealthResponse>> {
+    let timeout = CloudClientConfig::default().call_timeout;
+    futures_util::future::join_all(targets.iter().map(|t| service.health_one(t, timeout))).await
 }
 
 /// A plain HTTPS client that trusts only `pin`, for requests the service would never send.

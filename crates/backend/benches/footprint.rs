@@ -2,7 +2,7 @@
 //! `cargo bench`) with a deployment's certificate and prints its idle resident memory, its memory
 //! after 10,000 health calls over its real TLS, and the binary's size, beside the goals (idle RSS
 //! ≤ 8 MiB and flat after the calls; binary ≤ 10 MiB). Not a timed test: run it with
-//! `cargo bench -p agent --bench footprint`. Run by `cargo test --all-targets` (without cargo
+//! `cargo bench -p backend --bench footprint`. Run by `cargo test --all-targets` (without cargo
 //! bench's `--bench` flag) it does nothing.
 
 use std::time::{Duration, Instant};
@@ -21,7 +21,8 @@ async fn main() {
     if !std::env::args().any(|arg| arg == "--bench") {
         return;
     }
-    let binary = std::fs::metadata(helpers::AGENT_BIN).expect("the agent binary exists").len();
+    let binary =
+        std::fs::metadata(helpers::AGENT_BIN.as_str()).expect("the agent binary exists").len();
     let deployment = helpers::Deployment::new();
     let agent = deployment.spawn_agent(&[]).await;
     let pid = agent.child.id().expect("the agent runs");
