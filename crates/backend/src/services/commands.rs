@@ -683,6 +683,7 @@ async fn execute(
     statuses.extend(queue.map(|_| leftover));
     let status = CommandStatus::roll_up(&statuses);
     store.finish_command(command_id, status, (leftover, leftover_error.to_owned()), now).await?;
+    crate::metrics::command_finished(status.as_str());
     tracing::info!(%command_id, %status, "command finished");
     Ok(())
 }

@@ -632,6 +632,7 @@ impl RunWorker {
             let reason = "the backend shut down while it ran; re-queued";
             let next = RunRow::queued(run.deployment_id, kind, run.attempt, now);
             if self.store().requeue_run(run.id, reason, &next, now).await? {
+                crate::metrics::run_finished(kind.as_str(), "interrupted", ran_for(run, now));
                 let data = json!({"run_id": run.id, "status": RunStatus::Interrupted, "error": reason, "requeued_as": next.id});
                 let _ = records.send(Record::Event("run_finished", data));
             }
@@ -667,6 +668,7 @@ impl RunWorker {
             .await?
         {
             tracing::info!(status = %status, deployment_status = %deployment, "run finished");
+            crate::metrics::run_finished(kind.as_str(), status.as_str(), ran_for(run, now));
             if deployment == DeploymentStatus::Ready {
                 self.ctx.machines_ready.notify_one();
             }
@@ -750,6 +752,11 @@ impl Steps<'_> {
 }
 
 /// Records a step of our own in the run log.
+/// How long a run ran, from its claim to `now` (for its duration metric).
+fn ran_for(run: &RunRow, now: chrono::DateTime<chrono::Utc>) -> Duration {
+    run.started_at.and_then(|started| (now - started).to_std().ok()).unwrap_or_default()
+}
+
 fn log(records: &mpsc::UnboundedSender<Record>, message: String) {
     let _ = records.send(Record::Event("log", json!({"level": "info", "message": message})));
 }

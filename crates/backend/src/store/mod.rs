@@ -10,6 +10,7 @@
 
 mod commands;
 mod deployments;
+mod metrics;
 mod runs;
 mod sessions;
 mod sqlite_reads;

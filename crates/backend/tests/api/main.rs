@@ -10,6 +10,7 @@ mod commands;
 mod gotrue_stub;
 mod helpers;
 mod nimctl;
+mod operability;
 mod operations;
 mod postgres;
 mod provisioning;
