@@ -49,6 +49,9 @@ const EVENT_STREAM: &str = "A `text/event-stream`: each event has an `id` (resum
     own steps), `progress` (`done`, `total` resources), `run_finished` (`status`, `error`, and \
     `requeued_as` when the run was re-queued). Comments (`:`) keep the connection alive.";
 
+/// The `event:` of every event the stream sends.
+const EVENT_TYPES: [&str; 4] = ["status", "log", "progress", "run_finished"];
+
 /// Adds the shared answers to every operation of `doc` (an OpenAPI document as JSON).
 pub(super) fn complete(doc: &mut Value) {
     let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else { return };
@@ -144,12 +147,18 @@ fn problem_response(description: &str) -> Value {
 fn describe_event_stream(operation: &mut Map<String, Value>) {
     let Some(ok) = operation.get_mut("responses").and_then(|r| r.get_mut("200")) else { return };
     ok["description"] = Value::String(EVENT_STREAM.to_owned());
+    // The schema of one event (as OpenAPI 3.2's `itemSchema` means it, and as API tools read a
+    // `text/event-stream` schema): its fields, `data` being one line of JSON.
     ok["content"] = json!({
         "text/event-stream": {
             "schema": {
-                "type": "string",
-                "description": "Server-sent events; `event:` is one of `status`, `log`, `progress`, `run_finished`",
-                "x-event-types": ["status", "log", "progress", "run_finished"]
+                "type": "object",
+                "required": ["id", "event", "data"],
+                "properties": {
+                    "id": { "type": "string", "pattern": "^[0-9]+$", "description": "The event's id; send it back as `Last-Event-ID` to resume" },
+                    "event": { "type": "string", "enum": EVENT_TYPES },
+                    "data": { "type": "string", "contentMediaType": "application/json", "description": "One JSON object with `run_id` and `at`" }
+                }
             }
         }
     });
