@@ -116,3 +116,25 @@ async fn the_docs_page_loads_everything_from_this_server_under_a_self_only_polic
         assert_problem(app.get(missing, None).await, 404, "not_found").await;
     }
 }
+
+#[tokio::test]
+async fn metrics_count_a_real_run_a_command_its_machine_and_the_machines_health() {
+    let app = app().provisioning().spawn().await;
+    let token = app.token("metrics-run@example.com").await;
+    let body = serde_json::json!({"name": "metered", "provider": "local", "variables": {"machine_count": 1}});
+    let id = crate::provisioning::provision_ready(&app, &token, body).await;
+    crate::commands::run_command(&app, &token, &id, serde_json::json!({"argv": ["true"]})).await;
+
+    let text = metrics_text(&app, None).await;
+    for line in [
+        r#"nim_run_duration_seconds_count{kind="apply",outcome="succeeded"} 1"#,
+        r#"nim_commands_total{outcome="succeeded"} 1"#,
+        r#"nim_machine_command_duration_seconds_count{outcome="succeeded"} 1"#,
+        r#"nim_machines{health="healthy"} 1"#,
+        r#"nim_runs{kind="apply",status="running"} 0"#,
+        // Every Terraform process of the apply has ended.
+        "nim_terraform_processes 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no line {line:?} in:\n{text}");
+    }
+}
