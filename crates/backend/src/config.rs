@@ -43,6 +43,11 @@ pub struct Config {
     #[arg(long, env = "NIM_CORS_ORIGINS", value_delimiter = ',', num_args = 0..)]
     pub cors_origins: Vec<String>,
 
+    /// Bearer token `GET /metrics` requires (`Authorization: Bearer <token>`); compared in
+    /// constant time and never logged. Unset: the metrics are public, like `/healthz`.
+    #[arg(long, env = "NIM_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<SecretString>,
+
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "NIM_BODY_LIMIT_BYTES", default_value_t = 1024 * 1024)]
     pub body_limit_bytes: usize,

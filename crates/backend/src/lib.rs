@@ -7,6 +7,7 @@ pub mod backup;
 pub mod config;
 pub mod datadir;
 pub mod domain;
+pub mod metrics;
 pub mod secrets;
 pub mod services;
 pub mod store;

@@ -28,6 +28,23 @@ impl Scale {
     }
 }
 
+/// What [`Scale`] accepts: a count as a JSON number, or a string holding a count or a
+/// percentage (`"10"`, `"25%"`).
+#[cfg(feature = "openapi")]
+fn scale_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+    let one_of = OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(0))
+                .maximum(Some(u32::MAX)),
+        )
+        .item(ObjectBuilder::new().schema_type(Type::String).pattern(Some("^[0-9]{1,9}%?$")))
+        .build();
+    Schema::OneOf(one_of)
+}
+
 impl fmt::Display for Scale {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -61,6 +78,13 @@ impl<'de> Deserialize<'de> for Scale {
                 u64::try_from(value)
                     .map_err(|_| E::custom("must not be negative"))
                     .and_then(|v| self.visit_u64(v))
+            }
+            /// `3.0` is the integer 3 in JSON (and to JSON Schema), so a count may come so.
+            fn visit_f64<E: de::Error>(self, value: f64) -> Result<Scale, E> {
+                if value.fract() != 0.0 || !(0.0..=f64::from(u32::MAX)).contains(&value) {
+                    return Err(E::invalid_type(de::Unexpected::Float(value), &self));
+                }
+                self.visit_u64(value as u64)
             }
             fn visit_str<E: de::Error>(self, value: &str) -> Result<Scale, E> {
                 let value = value.trim();
@@ -112,13 +136,13 @@ pub struct CommandRequest {
     /// Machines running the command at once: a count (1-1000) or a percentage of the targeted
     /// machines (`"25%"`, rounded up). Default 64.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, example = "25%"))]
+    #[cfg_attr(feature = "openapi", schema(schema_with = scale_schema, example = "25%"))]
     pub max_concurrency: Option<Scale>,
     /// Once this many machines (a count, or a percentage of the targeted machines) have failed,
     /// timed out, been unreachable or rejected the command, no further machine is started; those
     /// are reported `skipped`. Machines already running finish. Default: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, example = "1"))]
+    #[cfg_attr(feature = "openapi", schema(schema_with = scale_schema, example = "1"))]
     pub max_errors: Option<Scale>,
 }
 
@@ -224,6 +248,9 @@ mod tests {
         let parse = |v: serde_json::Value| serde_json::from_value::<Scale>(v);
         assert_eq!(parse(serde_json::json!(3)).unwrap(), Scale::Count(3));
         assert_eq!(parse(serde_json::json!("3")).unwrap(), Scale::Count(3));
+        assert_eq!(parse(serde_json::json!(3.0)).unwrap(), Scale::Count(3));
+        assert!(parse(serde_json::json!(2.5)).is_err());
+        assert!(parse(serde_json::json!(-1.0)).is_err());
         assert_eq!(parse(serde_json::json!("25%")).unwrap(), Scale::Percent(25));
         assert!(parse(serde_json::json!(-1)).is_err());
         assert!(parse(serde_json::json!("many")).unwrap_err().to_string().contains("\"many\""));

@@ -39,7 +39,9 @@ pub struct VariableView {
     /// The Terraform type constraint, e.g. `string`, `list(number)`.
     #[serde(rename = "type")]
     pub ty: String,
-    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    /// The declared default: any JSON value (string, number, boolean, list, object), or null
+    /// when the variable has none.
+    #[cfg_attr(feature = "openapi", schema(value_type = Value))]
     pub default: Option<Value>,
     pub description: Option<String>,
     /// Stored sealed and never shown back.

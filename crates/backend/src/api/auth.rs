@@ -3,7 +3,11 @@
 
 use std::sync::Arc;
 
-use axum::{extract::State, http::StatusCode, response::IntoResponse};
+use axum::{
+    extract::State,
+    http::{HeaderName, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+};
 use secrecy::SecretString;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
@@ -144,13 +148,22 @@ async fn log_out(
 #[utoipa::path(get, path = "/auth/me", tag = "auth",
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "The current user", body = User),
+        (status = 200, description = "The current user. While Supabase Auth cannot be reached, the user as the (locally verified) token describes them, marked by `X-Nim-User-Source: token`", body = User,
+            headers(("X-Nim-User-Source" = String, description = "`token` when the answer comes from the token's claims, not from Supabase Auth (absent otherwise)"))),
         (status = 401, description = "Missing or invalid token, or the session has ended", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`auth_unavailable`: Supabase Auth cannot be reached", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`auth_unavailable`: the token is one only Supabase Auth can check (an HS256 token without `SUPABASE_JWT_SECRET`, or a session check that is due) and it cannot be reached", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn current_user(
     State(auth): State<Arc<dyn AuthService>>,
     user: AuthUser,
-) -> Result<Json<User>, ApiError> {
-    Ok(Json(auth.user(&user).await?))
+) -> Result<Response, ApiError> {
+    let current = auth.user(&user).await?;
+    let mut response = Json(current.user).into_response();
+    if !current.checked {
+        response.headers_mut().insert(USER_SOURCE, HeaderValue::from_static("token"));
+    }
+    Ok(response)
 }
+
+/// Marks a `/auth/me` answer built from the token's claims (Supabase unreachable).
+const USER_SOURCE: HeaderName = HeaderName::from_static("x-nim-user-source");

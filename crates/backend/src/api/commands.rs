@@ -47,6 +47,7 @@ pub(super) struct SendParams {
 #[into_params(parameter_in = Query)]
 pub(super) struct PageParams {
     /// Page size, 1-100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<u32>,
     /// Only commands older than this id (the previous page's `next_before`).
     before: Option<Uuid>,

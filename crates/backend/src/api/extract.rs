@@ -169,7 +169,7 @@ where
     }
 }
 
-fn bearer_token(headers: &HeaderMap) -> Result<&str, ApiError> {
+pub(super) fn bearer_token(headers: &HeaderMap) -> Result<&str, ApiError> {
     let value = headers.get(header::AUTHORIZATION).ok_or_else(|| ApiError::Unauthorized {
         code: "no_authorization",
         detail: "this endpoint requires a bearer token".into(),

@@ -71,6 +71,7 @@ pub(super) struct ListParams {
     /// Only deployments of this name.
     name: Option<String>,
     /// Page size, 1-100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<u32>,
     /// Only items older than this id (the previous page's `next_before`).
     before: Option<Uuid>,
@@ -80,6 +81,7 @@ pub(super) struct ListParams {
 #[into_params(parameter_in = Query)]
 pub(super) struct PageParams {
     /// Page size, 1-100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<u32>,
     /// Only items older than this id (the previous page's `next_before`).
     before: Option<Uuid>,
@@ -148,6 +150,7 @@ async fn list_providers(
         (status = 200, description = "Dry run: what would change", body = PlanSummary),
         (status = 400, description = "Malformed JSON or `Idempotency-Key`", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`local_machine_limit`: the user's local machines would exceed `NIM_LOCAL_MAX_MACHINES_PER_USER`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`validation_failed` (name, provider, variables), `idempotency_key_reused`, or `plan_failed` (dry run)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "`terraform_unavailable`, or `agent_download_unavailable` (a cloud provider without `NIM_PUBLIC_URL` or a servable agent binary)", body = Problem, content_type = "application/problem+json"),
     ))]

@@ -9,6 +9,8 @@ mod error;
 mod extract;
 mod health;
 mod infrastructure;
+mod metrics;
+mod openapi;
 mod rate_limit;
 mod router;
 mod views;

@@ -26,7 +26,7 @@ use utoipa::{
 use utoipa_axum::router::OpenApiRouter;
 use wire::{FieldError, Problem};
 
-use super::{ApiError, AppState, agent, auth, commands, docs, health, infrastructure};
+use super::{ApiError, AppState, agent, auth, commands, docs, health, infrastructure, metrics};
 use crate::config::Config;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -65,6 +65,17 @@ impl Modify for BearerAuth {
                     .build(),
             ),
         );
+        components.add_security_scheme(
+            "metrics_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "`NIM_METRICS_TOKEN`, when the server is configured with one",
+                    ))
+                    .build(),
+            ),
+        );
     }
 }
 
@@ -77,20 +88,37 @@ fn routes() -> OpenApiRouter<AppState> {
         .merge(commands::router())
         .merge(agent::router())
         .merge(docs::router())
+        .merge(metrics::router())
 }
 
-/// The OpenAPI document of everything [`router`] serves.
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    routes().split_for_parts().1
+/// The OpenAPI document of everything [`router`] serves, with the answers every operation
+/// shares (`openapi::complete`), as JSON: what `GET /openapi.json` answers.
+pub fn openapi() -> serde_json::Value {
+    let (_, api) = routes().split_for_parts();
+    completed(&api)
+}
+
+fn completed(api: &utoipa::openapi::OpenApi) -> serde_json::Value {
+    let mut doc = serde_json::to_value(api).expect("the OpenAPI document serializes");
+    super::openapi::complete(&mut doc);
+    doc
 }
 
 /// The complete HTTP service.
 pub fn router(state: AppState, config: &Config) -> Router {
     let (routes, api) = routes().split_for_parts();
-    let api_json = api.to_json().expect("the OpenAPI document serializes");
+    let api = completed(&api);
+    let api_json = api.to_string();
     let timeout = config.request_timeout();
+    let templates = api["paths"].as_object().into_iter().flat_map(|paths| paths.keys());
+    let http_routes = crate::metrics::HttpRoutes::new(templates.map(String::as_str));
 
     let middleware = ServiceBuilder::new()
+        // Outermost, so a request's latency and status are what the client saw (timeouts and
+        // panics included).
+        .layer(middleware::from_fn(move |request: Request, next: Next| {
+            crate::metrics::track_http(http_routes.clone(), request, next)
+        }))
         .layer(SetRequestIdLayer::new(REQUEST_ID, SequentialRequestId::new()))
         .layer(
             TraceLayer::new_for_http()
@@ -127,6 +155,7 @@ pub fn router(state: AppState, config: &Config) -> Router {
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(Extension(docs::OpenApiJson(Arc::new(api_json))))
+        .layer(Extension(metrics::MetricsAccess::new(config.metrics_token.as_ref())))
         .layer(DefaultBodyLimit::max(config.body_limit_bytes))
         .layer(middleware)
         .with_state(state)
@@ -339,15 +368,12 @@ mod tests {
         // And the document covers the probes, so the scan above is not vacuous.
         let doc = openapi();
         for (method, path) in UNTIMED_ROUTES {
-            let item = doc.paths.paths.get(*path).unwrap_or_else(|| panic!("{path} is not served"));
-            let operation = match *method {
-                Method::GET => item.get.as_ref(),
-                Method::POST => item.post.as_ref(),
-                _ => None,
-            };
+            let item = doc["paths"].get(*path).unwrap_or_else(|| panic!("{path} is not served"));
+            let operation = item.get(method.as_str().to_ascii_lowercase());
             assert!(operation.is_some(), "{method} {path} is not served");
         }
-        assert!(doc.paths.paths.contains_key("/healthz"));
-        assert!(doc.paths.paths.contains_key("/auth/login"));
+        assert!(doc["paths"].get("/healthz").is_some());
+        assert!(doc["paths"].get("/auth/login").is_some());
+        assert!(doc["paths"].get("/metrics").is_some());
     }
 }

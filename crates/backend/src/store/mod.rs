@@ -12,6 +12,7 @@ mod commands;
 mod deployments;
 #[cfg(test)]
 mod lifecycle_tests;
+mod metrics;
 mod runs;
 mod sessions;
 mod sqlite_reads;

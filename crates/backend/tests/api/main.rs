@@ -7,9 +7,11 @@
 mod auth;
 mod clouds;
 mod commands;
+mod fuzz;
 mod gotrue_stub;
 mod helpers;
 mod nimctl;
+mod operability;
 mod operations;
 mod postgres;
 mod provisioning;

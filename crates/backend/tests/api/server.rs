@@ -144,6 +144,8 @@ async fn the_openapi_document_describes_every_route_and_each_is_served() {
         ("GET", "/readyz"),
         ("GET", "/openapi.json"),
         ("GET", "/docs"),
+        ("GET", "/docs/{file}"),
+        ("GET", "/metrics"),
         ("GET", "/agent/download/{target}"),
     ] {
         assert!(
@@ -153,7 +155,9 @@ async fn the_openapi_document_describes_every_route_and_each_is_served() {
     }
     let docs = app.get("/docs", None).await;
     assert!(docs.headers()[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/html"));
-    assert!(docs.text().await.unwrap().contains("/openapi.json"));
+    assert!(docs.text().await.unwrap().contains("/docs/swagger-initializer.js"));
+    let initializer = app.get("/docs/swagger-initializer.js", None).await.text().await.unwrap();
+    assert!(initializer.contains(r#""url": "/openapi.json""#), "{initializer}");
 }
 
 #[test]

@@ -349,11 +349,14 @@ where
 }
 
 #[tokio::test]
-async fn when_supabase_is_down_login_is_503_and_issued_tokens_still_verify() {
+async fn when_supabase_is_down_login_is_503_and_issued_tokens_still_verify_and_me_answers_from_claims()
+ {
     let mut stub = GoTrueStub::start(StubConfig::default()).await;
     let app = supabase(&stub).env("SUPABASE_MAX_RETRIES", "1").spawn().await;
     let session = json_ok(app.sign_up("down@example.com", PASSWORD).await).await["session"].clone();
-    json_ok(app.get("/auth/me", Some(token_of(&session))).await).await;
+    let me = app.get("/auth/me", Some(token_of(&session))).await;
+    assert!(me.headers().get("x-nim-user-source").is_none(), "GoTrue answered this one");
+    json_ok(me).await;
     let auth = in_process(&stub, None).await;
     auth.verify(token_of(&session)).await.expect("verifies while up");
 
@@ -365,10 +368,16 @@ async fn when_supabase_is_down_login_is_503_and_issued_tokens_still_verify() {
     assert!(problem["detail"].as_str().unwrap().contains("unavailable"), "{problem}");
     assert_problem(app.sign_up("new@example.com", PASSWORD).await, 503, "auth_unavailable").await;
     assert_problem(app.refresh(refresh_of(&session)).await, 503, "auth_unavailable").await;
-    // Verification needs no Supabase: a good token passes it (and /me then needs Supabase for
-    // the user's record), a forged one is still refused.
-    assert_problem(app.get("/auth/me", Some(token_of(&session))).await, 503, "auth_unavailable")
-        .await;
+    // Verification needs no Supabase: a good token passes it, and /me answers from its claims
+    // (saying so), a forged one is still refused.
+    let me = app.get("/auth/me", Some(token_of(&session))).await;
+    assert_eq!(me.status(), StatusCode::OK);
+    assert_eq!(me.headers()["x-nim-user-source"], "token");
+    let user = json_ok(me).await;
+    assert_eq!(user["id"], session["user"]["id"]);
+    assert_eq!(user["email"], "down@example.com");
+    assert_eq!(user["role"], "authenticated");
+    assert_eq!(user["aud"], "authenticated");
     let mut forged = stub.user_claims(session["user"]["id"].as_str().unwrap(), "x");
     forged["iss"] = json!("https://attacker.example/auth/v1");
     assert_problem(app.get("/auth/me", Some(&stub.sign(&forged))).await, 401, "invalid_token")

@@ -211,14 +211,14 @@ impl AuthService for LocalAuth {
     }
 
     #[tracing::instrument(skip_all, fields(user_id = %user.id))]
-    async fn user(&self, user: &AuthUser) -> Result<User, AuthError> {
+    async fn user(&self, user: &AuthUser) -> Result<super::CurrentUser, AuthError> {
         if let Some(session_id) = user.session_id {
             if !self.store.session_is_live(session_id, user.id, crate::domain::now()).await? {
                 return Err(AuthError::SessionNotFound);
             }
         }
         let row = self.store.find_user(user.id).await?.ok_or(AuthError::SessionNotFound)?;
-        Ok(to_wire(&row))
+        Ok(super::CurrentUser { user: to_wire(&row), checked: true })
     }
 
     async fn verify(&self, access_token: &str) -> Result<AuthUser, AuthError> {

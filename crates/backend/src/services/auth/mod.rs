@@ -21,6 +21,15 @@ pub use supabase::{SupabaseAuth, SupabaseOptions};
 /// Audience and role of every signed-in user's token, as in Supabase.
 pub const AUTHENTICATED: &str = "authenticated";
 
+/// `GET /auth/me`'s answer.
+#[derive(Debug, Clone)]
+pub struct CurrentUser {
+    pub user: User,
+    /// The provider itself vouched for the user just now; `false` when the user was built from
+    /// the locally verified token's claims because the provider did not answer.
+    pub checked: bool,
+}
+
 /// The signed-in caller, as established from a verified access token.
 #[derive(Debug, Clone)]
 pub struct AuthUser {
@@ -128,8 +137,9 @@ pub trait AuthService: Send + Sync + 'static {
 
     async fn log_out(&self, user: &AuthUser, scope: LogoutScope) -> Result<(), AuthError>;
 
-    /// The user behind a verified token, as the provider currently knows them.
-    async fn user(&self, user: &AuthUser) -> Result<User, AuthError>;
+    /// The user behind a verified token, as the provider currently knows them, or (Supabase,
+    /// while GoTrue is unreachable) as the verified token describes them.
+    async fn user(&self, user: &AuthUser) -> Result<CurrentUser, AuthError>;
 
     /// Verifies an access token; must not need a network round trip in the common case.
     async fn verify(&self, access_token: &str) -> Result<AuthUser, AuthError>;

@@ -85,6 +85,19 @@ pub enum CallOutcome {
     Rejected,
 }
 
+impl CallOutcome {
+    /// The serialized name, as a metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::TimedOut => "timed_out",
+            Self::Unreachable => "unreachable",
+            Self::Rejected => "rejected",
+        }
+    }
+}
+
 /// One machine's outcome of a fan-out.
 #[derive(Debug, Clone, Serialize)]
 pub struct MachineResult<T> {
@@ -238,12 +251,15 @@ impl CloudClientService {
     ) -> MachineResult<ExecResponse> {
         let (request, call_timeout) = self.exec_call(request, timeout);
         let request = &request;
-        self.call_one(
-            machine.clone(),
-            |agent| async move { agent.exec(request, call_timeout).await },
-            exec_status,
-        )
-        .await
+        let result = self
+            .call_one(
+                machine.clone(),
+                |agent| async move { agent.exec(request, call_timeout).await },
+                exec_status,
+            )
+            .await;
+        crate::metrics::machine_command_finished(result.status.as_str(), result.elapsed);
+        result
     }
 
     /// The request as sent (with `timeout_ms` set from `timeout` when it has none) and the bound

@@ -180,6 +180,7 @@ async fn record_leftovers(
     statuses.extend(std::iter::repeat_n(stopped, leftover.unsent));
     let status = CommandStatus::roll_up(&statuses);
     store.finish_command(command_id, status, (stopped, leftover_error.to_owned()), now).await?;
+    crate::metrics::command_finished(status.as_str());
     tracing::info!(%command_id, %status, "command finished");
     Ok(())
 }

@@ -104,6 +104,7 @@ impl RunWorker {
             let reason = "the backend shut down while it ran; re-queued";
             let next = RunRow::queued(run.deployment_id, kind, run.attempt, now);
             if self.store().requeue_run(run.id, reason, &next, now).await? {
+                crate::metrics::run_finished(kind.as_str(), "interrupted", ran_for(run, now));
                 records.event(interrupted(run, reason.to_owned(), Some(next.id)));
             }
             return Ok(());
@@ -138,6 +139,7 @@ impl RunWorker {
             .await?
         {
             tracing::info!(status = %status, deployment_status = %deployment, "run finished");
+            crate::metrics::run_finished(kind.as_str(), status.as_str(), ran_for(run, now));
             if deployment == DeploymentStatus::Ready {
                 self.deployments.machines_ready().notify_one();
             }
@@ -231,4 +233,9 @@ fn interrupted(run: &RunRow, error: String, next: Option<uuid::Uuid>) -> RunEven
         error: Some(error),
         requeued_as: next,
     })
+}
+
+/// How long a run ran, from its claim to `now` (for its duration metric).
+fn ran_for(run: &RunRow, now: chrono::DateTime<chrono::Utc>) -> std::time::Duration {
+    run.started_at.and_then(|started| (now - started).to_std().ok()).unwrap_or_default()
 }

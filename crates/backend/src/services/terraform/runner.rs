@@ -185,6 +185,7 @@ impl Terraform {
             .stdin(Stdio::null())
             .kill_on_drop(true)
             .output();
+        let _live = crate::metrics::terraform_started();
         let output = tokio::time::timeout(Duration::from_secs(120), output)
             .await
             .context("terraform output took longer than 120 s")?
@@ -233,6 +234,7 @@ impl Terraform {
         let pid = child.id().context("terraform exited before it could be watched")?;
         // Whatever happens to this future, the group dies with it.
         let _group = GroupGuard(pid);
+        let _live = crate::metrics::terraform_started();
         let pid_file = dir.join(PID_FILE);
         std::fs::write(&pid_file, pid.to_string())
             .with_context(|| format!("failed to write {}", pid_file.display()))?;

@@ -28,8 +28,8 @@ use self::{
     keys::{Jwks, KeyChoice, Verified},
 };
 use super::{
-    AuthError, AuthService, AuthUser, ClientInfo, Credentials, LogoutScope, normalize_email,
-    require_login_fields, require_refresh_token, signup_fields,
+    AuthError, AuthService, AuthUser, ClientInfo, Credentials, CurrentUser, LogoutScope,
+    normalize_email, require_login_fields, require_refresh_token, signup_fields,
 };
 
 /// GoTrue refuses passwords longer than this (bcrypt's limit), in bytes.
@@ -381,13 +381,23 @@ impl AuthService for SupabaseAuth {
     }
 
     #[tracing::instrument(skip_all, fields(user_id = %user.id))]
-    async fn user(&self, user: &AuthUser) -> Result<User, AuthError> {
-        let found = self
-            .client
-            .user(user.access_token.expose_secret())
-            .await
-            .map_err(|err| map_error(Op::Verify, err))?;
-        Ok(to_wire_user(found))
+    /// GoTrue's record of the user; while GoTrue is unreachable, the user the verified token
+    /// describes (`checked: false`), so a frontend that calls this on page load keeps its users
+    /// signed in through an outage, as every other route does on local verification.
+    async fn user(&self, user: &AuthUser) -> Result<CurrentUser, AuthError> {
+        match self.client.user(user.access_token.expose_secret()).await {
+            Ok(found) => Ok(CurrentUser { user: to_wire_user(found), checked: true }),
+            Err(err) => match map_error(Op::Verify, err) {
+                AuthError::Unavailable(cause) => {
+                    tracing::warn!(
+                        error = format!("{cause:#}"),
+                        "Supabase Auth is unreachable: answering with the token's claims"
+                    );
+                    Ok(CurrentUser { user: keys::user_from_claims(user)?, checked: false })
+                }
+                other => Err(other),
+            },
+        }
     }
 
     async fn verify(&self, access_token: &str) -> Result<AuthUser, AuthError> {
