@@ -92,9 +92,18 @@ impl Mount {
         std::fs::write(format!("/sys/fs/ext4/{name}/trigger_fs_error"), "nim test").unwrap();
     }
 
-    /// Unmounts and mounts the image again, writable (after an error, only a fresh mount is).
-    fn remount(&self) {
+    /// Unmounts the failed filesystem and mounts what its disk holds, writable, as a fresh
+    /// filesystem (after an error, only a fresh mount is). The disk is copied to a new image
+    /// first: a process that entered a mount namespace of its own while the disk was mounted (a
+    /// local machine's `ip netns exec`, a browser's sandbox, started by a test running beside
+    /// this one) keeps the failed filesystem alive, and `mount -o loop` of the same image would
+    /// reuse its loop device and so get that read-only filesystem back.
+    fn remount(&mut self) {
         sh("umount", &[self.path.to_str().unwrap()]);
+        let (_, image) = self.image.as_mut().expect("an ext4 mount");
+        let copy = image.with_extension("after-crash.img");
+        std::fs::copy(&*image, &copy).unwrap();
+        *image = copy;
         self.mount_image();
     }
 }
@@ -407,7 +416,8 @@ async fn a_full_data_disk_refuses_writes_with_503_keeps_reads_and_recovers_witho
 
 #[tokio::test]
 async fn a_data_disk_turned_read_only_refuses_writes_keeps_reads_and_loses_nothing() {
-    let Some((mount, server, token)) = on_own_disk("the read-only disk test", Mount::ext4).await
+    let Some((mut mount, server, token)) =
+        on_own_disk("the read-only disk test", Mount::ext4).await
     else {
         return;
     };
