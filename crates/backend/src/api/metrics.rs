@@ -1,10 +1,10 @@
 //! `GET /metrics`: the Prometheus scrape endpoint (see `crate::metrics` for what it holds).
 
-use std::{sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{
     Extension,
-    extract::State,
+    extract::{ConnectInfo, State},
     http::{HeaderMap, header},
     response::IntoResponse,
 };
@@ -30,8 +30,21 @@ impl MetricsAccess {
         Self(token.map(|token| Arc::new(digest(token.expose_secret()))))
     }
 
-    fn check(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        let Some(expected) = &self.0 else { return Ok(()) };
+    /// With a token, only its bearer passes. Without one, only a scraper on this host does (a
+    /// loopback peer, not relaying anyone through `X-Forwarded-For`): the counts describe every
+    /// user's runs and machines, which no user of the API may see of the others.
+    fn check(&self, peer: Option<SocketAddr>, headers: &HeaderMap) -> Result<(), ApiError> {
+        let Some(expected) = &self.0 else {
+            let local = peer.is_some_and(|peer| peer.ip().is_loopback())
+                && !headers.contains_key("x-forwarded-for");
+            return match local {
+                true => Ok(()),
+                false => Err(ApiError::Unauthorized {
+                    code: "metrics_token_required",
+                    detail: "without NIM_METRICS_TOKEN, /metrics answers only scrapers on this host; set it to scrape from elsewhere".into(),
+                }),
+            };
+        };
         let presented = bearer_token(headers)?;
         match bool::from(digest(presented).ct_eq(expected.as_ref())) {
             true => Ok(()),
@@ -56,19 +69,22 @@ pub(super) const METRICS_PATH: &str = "/metrics";
 
 /// Prometheus metrics in the text exposition format (0.0.4): HTTP requests, runs, commands,
 /// machines, the database pool and the process. When the server has `NIM_METRICS_TOKEN`, it
-/// requires that token as a bearer token; otherwise it is public.
+/// requires that token as a bearer token; otherwise only a scraper on the server's own host
+/// (a loopback peer, no `X-Forwarded-For`) may read it.
 #[utoipa::path(get, path = "/metrics", tag = "health",
     security((), ("metrics_token" = [])),
     responses(
         (status = 200, description = "Every metric, in Prometheus' text format", content_type = "text/plain; version=0.0.4; charset=utf-8", body = String),
-        (status = 401, description = "A metrics token is configured and the request does not carry it (`no_authorization`, `invalid_token`)", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "A metrics token is configured and the request does not carry it (`no_authorization`, `invalid_token`), or none is and the scraper is not on this host (`metrics_token_required`)", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn get_metrics(
     State(store): State<Store>,
     Extension(access): Extension<MetricsAccess>,
+    // What the listener recorded of the TCP peer (absent only in tests that skip the listener).
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
-    access.check(&headers)?;
+    access.check(peer.map(|Extension(ConnectInfo(peer))| peer), &headers)?;
     let counts = async { tokio::join!(store.active_run_counts(), store.machine_health_counts()) };
     let (runs, machines) = match tokio::time::timeout(DB_TIMEOUT, counts).await {
         Ok((runs, machines)) => (runs, machines),

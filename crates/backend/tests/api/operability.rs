@@ -1,5 +1,6 @@
-//! What operators and API tools see of a running server: `/metrics` (public, or behind
-//! `NIM_METRICS_TOKEN`), the offline `/docs` page under its Content-Security-Policy.
+//! What operators and API tools see of a running server: `/metrics` (to scrapers on its own
+//! host, or behind `NIM_METRICS_TOKEN`), the offline `/docs` page under its
+//! Content-Security-Policy.
 
 use reqwest::{StatusCode, header};
 
@@ -56,6 +57,24 @@ async fn metrics_count_requests_by_route_template_never_by_raw_path() {
         "process_open_fds",
     ] {
         assert!(text.contains(family), "no {family:?} in:\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn without_a_metrics_token_only_a_scraper_on_this_host_reads_the_server_wide_counts() {
+    let app = spawn_app().await;
+    // A loopback scraper reads them (as `metrics_text` checks)...
+    metrics_text(&app, None).await;
+    // ...but not a client a proxy on this host relays, nor a user with their own token: the
+    // counts are every user's.
+    let user = app.token("curious@example.com").await;
+    for token in [None, Some(user.as_str())] {
+        let mut request =
+            app.client.get(app.url("/metrics")).header("x-forwarded-for", "203.0.113.7");
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        assert_problem(request.send().await.unwrap(), 401, "metrics_token_required").await;
     }
 }
 
