@@ -20,9 +20,16 @@ pub(crate) fn nimctl_binary() -> PathBuf {
 /// an edit elsewhere), is a failure that says so rather than a nested build or a test of stale
 /// code.
 fn workspace_binary(package: &str, bin: &str) -> PathBuf {
+    // Checked once per binary and test process: servers start it many times.
+    static CHECKED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let path = Path::new(env!("CARGO_BIN_EXE_nim-backend")).with_file_name(bin);
-    let hint = "run the suite with `./dev test` or `cargo test --workspace` (benchmarks with \
-                `./dev bench`), which build every binary first";
+    let mut checked = CHECKED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if checked.iter().any(|b| b == bin) {
+        return path;
+    }
+    let hint = "build every binary first: `./dev test` and `cargo test --workspace` do, and before a \
+                filtered run `cargo build --workspace --bins --features backend/testing` does (the \
+                same feature set, so nothing is rebuilt); benchmarks: `./dev bench`";
     let built = std::fs::metadata(&path)
         .and_then(|m| m.modified())
         .unwrap_or_else(|_| panic!("{} is not built: {hint}", path.display()));
@@ -32,6 +39,7 @@ fn workspace_binary(package: &str, bin: &str) -> PathBuf {
             panic!("{} is older than {}: {hint}", path.display(), newer.1.display());
         }
     }
+    checked.push(bin.to_owned());
     path
 }
 

@@ -350,6 +350,15 @@ impl CommandService {
         command_id: Uuid,
     ) -> Result<(CommandRow, Vec<CommandResultRow>), CommandError> {
         self.deployment(owner_id, deployment_id).await?;
+        self.with_results(deployment_id, command_id).await
+    }
+
+    /// A command of a deployment already checked to be the caller's, with its results.
+    async fn with_results(
+        &self,
+        deployment_id: Uuid,
+        command_id: Uuid,
+    ) -> Result<(CommandRow, Vec<CommandResultRow>), CommandError> {
         let store = self.store();
         let command =
             store.find_command(deployment_id, command_id).await?.ok_or(CommandError::NotFound)?;
@@ -413,6 +422,6 @@ impl CommandService {
                 return Err(CommandError::NotRunning(command.status()));
             }
         }
-        self.get(owner_id, deployment_id, command_id).await
+        self.with_results(deployment_id, command_id).await
     }
 }
