@@ -11,7 +11,7 @@
 
 #![allow(unreachable_pub, dead_code)]
 
-#[path = "../tests/api/helpers.rs"]
+#[path = "../tests/api/helpers/mod.rs"]
 mod helpers;
 
 use std::{

@@ -12,7 +12,7 @@
 
 #![allow(unreachable_pub, dead_code)]
 
-#[path = "../tests/api/helpers.rs"]
+#[path = "../tests/api/helpers/mod.rs"]
 mod helpers;
 
 mod fanout_ceiling;

@@ -7,10 +7,13 @@ use std::time::Duration;
 
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
-use serde::Deserialize;
 use serde_json::Value;
 use uuid::Uuid;
-use wire::{RunEvent, events::ProgressEvent, status::RunStatus};
+use wire::{
+    RunEvent,
+    events::{ProgressEvent, StreamedEvent},
+    status::RunStatus,
+};
 
 use crate::{client::Api, output::Progress};
 
@@ -62,21 +65,18 @@ pub(crate) async fn run(
                 }
             };
             failures = 0;
-            if let Ok(id) = event.id.parse() {
-                last_event = Some(id);
-            }
-            let Ok(data) = serde_json::from_str::<Value>(&event.data) else { continue };
-            // The stream adds the run's id to every event's data.
-            let of_run = serde_json::from_value::<OfRun>(data.clone()).map(|e| e.run_id);
-            if of_run.ok() != Some(run_id) {
+            let Ok(streamed) = StreamedEvent::parse(&event.id, &event.event, &event.data) else {
+                continue;
+            };
+            last_event = Some(streamed.id);
+            if streamed.run_id != run_id {
                 continue;
             }
-            print_event(&event.event, &data, progress);
-            if event.event != "run_finished" {
+            print_event(&streamed.kind, &streamed.data, progress);
+            if streamed.kind != "run_finished" {
                 continue;
             }
-            let Ok(RunEvent::RunFinished(finished)) = RunEvent::from_parts(&event.event, data)
-            else {
+            let Ok(RunEvent::RunFinished(finished)) = streamed.event() else {
                 anyhow::bail!("the server sent a run_finished event without a status");
             };
             match (finished.status, finished.requeued_as) {
@@ -94,12 +94,6 @@ pub(crate) async fn run(
 
 fn backoff(failures: u32) -> Duration {
     Duration::from_millis(250 * 2u64.pow(failures.min(5)))
-}
-
-/// The part of a streamed event's data that says whose it is.
-#[derive(Deserialize)]
-struct OfRun {
-    run_id: Uuid,
 }
 
 /// One line per event, for people.

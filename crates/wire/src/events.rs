@@ -3,6 +3,7 @@
 //! data the variant's fields, to which the stream adds `run_id` and `at`. The run worker writes
 //! these and `nimctl` reads them back, so the two cannot drift.
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
@@ -113,6 +114,63 @@ impl RunEvent {
     }
 }
 
+/// One event as `GET /infrastructure/{id}/events` streams it: the SSE `id`, `event` and `data`
+/// fields read back. `nimctl` and the integration tests read the stream through this one type
+/// (with `eventsource-stream` for the framing), so the format has a single reader.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamedEvent {
+    /// Orders every event of the deployment; resumes the stream as `Last-Event-ID`.
+    pub id: i64,
+    /// The run the event is of (the stream adds it to every event's data).
+    pub run_id: Uuid,
+    /// When it happened (added by the stream too).
+    pub at: DateTime<Utc>,
+    /// The SSE event name: the [`RunEvent`] variant, or one this reader does not know.
+    pub kind: String,
+    /// The event's data as sent, `run_id` and `at` included.
+    pub data: Value,
+}
+
+/// What every streamed event's data carries besides its variant's fields.
+#[derive(Deserialize)]
+struct Envelope {
+    run_id: Uuid,
+    at: DateTime<Utc>,
+}
+
+impl StreamedEvent {
+    /// Reads one SSE event's fields. Fails when the id is not a number or the data is not an
+    /// object with the stream's `run_id` and `at`; an unknown `kind` is kept (see [`Self::event`]).
+    pub fn parse(id: &str, kind: &str, data: &str) -> Result<Self, StreamError> {
+        let id = id
+            .trim()
+            .parse()
+            .map_err(|_| StreamError(format!("event id {id:?} is not a number")))?;
+        let data: Value = serde_json::from_str(data)
+            .map_err(|err| StreamError(format!("event {id}'s data is not JSON: {err}")))?;
+        let envelope: Envelope = serde_json::from_value(data.clone())
+            .map_err(|err| StreamError(format!("event {id} has no run_id and at: {err}")))?;
+        Ok(Self { id, run_id: envelope.run_id, at: envelope.at, kind: kind.to_owned(), data })
+    }
+
+    /// The typed event; `Err` for a kind (or fields) this version does not know.
+    pub fn event(&self) -> Result<RunEvent, serde_json::Error> {
+        RunEvent::from_parts(&self.kind, self.data.clone())
+    }
+}
+
+/// A streamed event that is not one the backend sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamError(pub String);
+
+impl std::fmt::Display for StreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StreamError {}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -155,5 +213,24 @@ mod tests {
             json!({"done": 1, "total": 3, "run_id": run_id, "at": "2026-01-01T00:00:00Z"});
         assert_eq!(RunEvent::from_parts("progress", streamed).unwrap(), progress);
         assert!(RunEvent::from_parts("bogus", json!({})).is_err());
+    }
+
+    #[test]
+    fn streamed_events_are_read_with_their_envelope_and_unknown_kinds_kept() {
+        let run_id = Uuid::nil();
+        let data = json!({"done": 2, "total": 3, "run_id": run_id, "at": "2026-01-01T00:00:00Z"});
+        let streamed = StreamedEvent::parse("7", "progress", &data.to_string()).unwrap();
+        assert_eq!((streamed.id, streamed.run_id, streamed.kind.as_str()), (7, run_id, "progress"));
+        assert_eq!(streamed.at.to_rfc3339(), "2026-01-01T00:00:00+00:00");
+        assert_eq!(
+            streamed.event().unwrap(),
+            RunEvent::Progress(ProgressEvent { done: 2, total: 3 })
+        );
+
+        let unknown = StreamedEvent::parse("8", "future_kind", &data.to_string()).unwrap();
+        assert!(unknown.event().is_err());
+        assert!(StreamedEvent::parse("x", "progress", &data.to_string()).is_err());
+        assert!(StreamedEvent::parse("9", "progress", "{\"done\": 1}").is_err());
+        assert!(StreamedEvent::parse("9", "progress", "not json").is_err());
     }
 }

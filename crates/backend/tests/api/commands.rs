@@ -4,7 +4,6 @@
 //! restart mid-command, and ownership.
 
 use std::{
-    path::PathBuf,
     process::Command,
     time::{Duration, Instant},
 };
@@ -12,9 +11,13 @@ use std::{
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::{
-    helpers::{TestApp, app, assert_problem, error_fields, eventually, json_ok},
-    provisioning::{provision, wait_for, wait_for_status},
+use wire::status::{DeploymentStatus, MachineStatus};
+
+use crate::helpers::{
+    TestApp, alive, app, assert_problem, error_fields, eventually, every_machine, get_command,
+    gone, host_pid, json_ok, machine_dir, machines_of, marker, provision, provision_ready,
+    read_pid, run_command, send_command, set_link, start, veth, wait_for, wait_for_command,
+    wait_for_status,
 };
 
 const MACHINES: [&str; 5] = ["local-0", "local-1", "local-2", "local-3", "local-4"];
@@ -22,53 +25,7 @@ const MACHINES: [&str; 5] = ["local-0", "local-1", "local-2", "local-3", "local-
 /// Provisions `local` with five machines and waits until it is ready; returns its id.
 async fn ready_fleet(app: &TestApp, token: &str, name: &str) -> String {
     let body = json!({"name": name, "provider": "local", "variables": {"machine_count": 5}});
-    let created = provision(app, token, body).await;
-    let id = created["deployment"]["id"].as_str().unwrap().to_owned();
-    wait_for_status(app, token, &id, "ready").await;
-    id
-}
-
-async fn send(app: &TestApp, token: &str, id: &str, body: Value) -> reqwest::Response {
-    app.client
-        .post(app.url(&format!("/infrastructure/{id}/command")))
-        .bearer_auth(token)
-        .timeout(Duration::from_secs(120))
-        .json(&body)
-        .send()
-        .await
-        .expect("request failed")
-}
-
-/// Sends a command, waits for its answer and checks it is a 200.
-pub async fn run_command(app: &TestApp, token: &str, id: &str, body: Value) -> Value {
-    json_ok(send(app, token, id, body).await).await
-}
-
-/// Sends a command with `wait=false`; checks the 202 and returns its body.
-pub async fn start(app: &TestApp, token: &str, id: &str, body: Value) -> (Value, String) {
-    let response = app
-        .client
-        .post(app.url(&format!("/infrastructure/{id}/command?wait=false")))
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::ACCEPTED);
-    let location = response.headers()["location"].to_str().unwrap().to_owned();
-    (response.json().await.unwrap(), location)
-}
-
-/// The pid a command wrote into `file` (`echo $$ > file`), once it has.
-pub async fn read_pid(file: &std::path::Path) -> u32 {
-    eventually(&format!("a pid in {}", file.display()), Duration::from_secs(10), || {
-        let text = std::fs::read_to_string(file);
-        async move {
-            let text = text.map_err(|err| err.to_string())?;
-            text.trim().parse().map_err(|_| format!("{text:?}"))
-        }
-    })
-    .await
+    provision_ready(app, token, body).await
 }
 
 fn machine_names(command: &Value) -> Vec<&str> {
@@ -77,88 +34,6 @@ fn machine_names(command: &Value) -> Vec<&str> {
 
 fn statuses(command: &Value) -> Vec<&str> {
     command["results"].as_array().unwrap().iter().map(|r| r["status"].as_str().unwrap()).collect()
-}
-
-pub async fn get_command(app: &TestApp, token: &str, id: &str, command_id: &str) -> Value {
-    json_ok(app.get(&format!("/infrastructure/{id}/commands/{command_id}"), Some(token)).await)
-        .await
-}
-
-/// Polls a command until `done(command)` holds.
-pub async fn wait_for_command(
-    app: &TestApp,
-    token: &str,
-    id: &str,
-    command_id: &str,
-    what: &str,
-    done: impl Fn(&Value) -> bool,
-) -> Value {
-    eventually(what, Duration::from_secs(60), || async {
-        let command = get_command(app, token, id, command_id).await;
-        if done(&command) { Ok(command) } else { Err(format!("{command:#}")) }
-    })
-    .await
-}
-
-/// A local machine's directory on the host.
-pub fn machine_dir(app: &TestApp, id: &str, machine: &str) -> PathBuf {
-    app.machines_dir.join(id).join(machine)
-}
-
-/// A file a command wrote as `/tmp/markers/<name>` on a machine, seen from the host through the
-/// machine's disk (the sandbox sees nothing of the host's files, and the host reads its disk).
-pub fn marker(app: &TestApp, id: &str, machine: &str, name: &str) -> PathBuf {
-    machine_dir(app, id, machine).join("disk/tmp/markers").join(name)
-}
-
-/// The host pid of the process a machine knows as `pid` (in its own pid namespace).
-pub fn host_pid(id: &str, machine: &str, pid: u32) -> u32 {
-    let cgroup = format!("{id}-{machine}");
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(host) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let in_machine =
-            std::fs::read_to_string(entry.path().join("cgroup")).is_ok_and(|c| c.contains(&cgroup));
-        let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
-        let inner = status
-            .lines()
-            .find(|l| l.starts_with("NSpid:"))
-            .and_then(|l| l.split_whitespace().last())
-            .and_then(|p| p.parse::<u32>().ok());
-        if in_machine && inner == Some(pid) {
-            return host;
-        }
-    }
-    panic!("no process {pid} on machine {machine}");
-}
-
-pub fn alive(pid: u32) -> bool {
-    // A zombie has no cmdline; it is gone for our purposes.
-    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
-}
-
-/// Waits (up to 10 s) for the process `pid`, which ran `what`, to be gone.
-pub async fn gone(pid: u32, what: &str) {
-    eventually(&format!("{what} (pid {pid}) to stop"), Duration::from_secs(10), || {
-        let running = alive(pid);
-        async move { if running { Err("still running".to_owned()) } else { Ok(()) } }
-    })
-    .await;
-}
-
-/// The host end of a machine's link (from the sandbox's own record).
-pub fn veth(app: &TestApp, id: &str, machine: &str) -> String {
-    let env = std::fs::read_to_string(machine_dir(app, id, machine).join("sandbox.env")).unwrap();
-    env.lines().find_map(|l| l.strip_prefix("VETH=")).unwrap().to_owned()
-}
-
-/// Takes a machine's link down (a partition: the machine and its agent keep running) or up.
-pub fn set_link(app: &TestApp, id: &str, machine: &str, up: bool) {
-    let state = if up { "up" } else { "down" };
-    let status = Command::new("ip")
-        .args(["link", "set", "dev", &veth(app, id, machine), state])
-        .status()
-        .unwrap();
-    assert!(status.success());
 }
 
 #[tokio::test]
@@ -170,11 +45,15 @@ async fn commands_run_on_all_machines_or_a_subset_and_report_failures_and_timeou
     // The health checker (default interval 30 s) is woken when a deployment becomes ready.
     let ready_at = Instant::now();
     let deployment = wait_for(&app, &token, &id, "the first health check", |d| {
-        d["machines"].as_array().unwrap().iter().all(|m| m["status"] == "healthy")
+        every_machine(d, MachineStatus::Healthy)
     })
     .await;
     assert!(ready_at.elapsed() < Duration::from_secs(25), "took {:?}", ready_at.elapsed());
-    assert!(deployment["machines"][0]["info"]["agent_version"].is_string(), "{deployment:#}");
+    let machines = machines_of(&deployment);
+    assert!(
+        machines[0].info.as_ref().is_some_and(|i| i["agent_version"].is_string()),
+        "{deployment:#?}"
+    );
 
     // Every machine, through a shell; each machine knows its name.
     let all = run_command(
@@ -188,13 +67,11 @@ async fn commands_run_on_all_machines_or_a_subset_and_report_failures_and_timeou
     assert_eq!(all["summary"]["total"], 5);
     assert_eq!(all["summary"]["succeeded"], 5);
     assert_eq!(machine_names(&all), MACHINES);
-    for (result, machine) in
-        all["results"].as_array().unwrap().iter().zip(deployment["machines"].as_array().unwrap())
-    {
-        assert_eq!(result["stdout"], format!("hello from {}\n", machine["name"].as_str().unwrap()));
+    for (result, machine) in all["results"].as_array().unwrap().iter().zip(machines) {
+        assert_eq!(result["stdout"], format!("hello from {}\n", machine.name));
         assert_eq!(result["stderr"], "note\n");
         assert_eq!(result["exit_code"], 0);
-        assert_eq!(result["address"], format!("{}:7070", machine["public_ip"].as_str().unwrap()));
+        assert_eq!(result["address"], format!("{}:7070", machine.public_ip.as_deref().unwrap()));
         assert!(result["duration_ms"].is_u64() && result["error"].is_null(), "{result}");
     }
     assert_eq!(all["request"]["timeout_s"], 60, "defaults are filled in");
@@ -275,9 +152,13 @@ async fn commands_run_on_all_machines_or_a_subset_and_report_failures_and_timeou
     assert!(done["finished_at"].is_string());
 
     // Validation, before anything is stored.
-    let unknown =
-        send(&app, &token, &id, json!({"argv": ["true"], "machines": ["local-1", "web-9", "db"]}))
-            .await;
+    let unknown = send_command(
+        &app,
+        &token,
+        &id,
+        json!({"argv": ["true"], "machines": ["local-1", "web-9", "db"]}),
+    )
+    .await;
     let problem = assert_problem(unknown, 422, "validation_failed").await;
     assert_eq!(error_fields(&problem), ["machines[1]", "machines[2]"]);
     assert!(problem["errors"][0]["message"].as_str().unwrap().contains("\"web-9\""), "{problem}");
@@ -290,9 +171,12 @@ async fn commands_run_on_all_machines_or_a_subset_and_report_failures_and_timeou
         (json!({"argv": ["true"], "machines": []}), "machines"),
         (json!({"argv": ["true"], "bogus": 1}), "bogus"),
     ] {
-        let problem =
-            assert_problem(send(&app, &token, &id, body.clone()).await, 422, "validation_failed")
-                .await;
+        let problem = assert_problem(
+            send_command(&app, &token, &id, body.clone()).await,
+            422,
+            "validation_failed",
+        )
+        .await;
         assert_eq!(error_fields(&problem), [field], "{body}");
     }
 
@@ -331,8 +215,12 @@ async fn commands_run_on_all_machines_or_a_subset_and_report_failures_and_timeou
     ] {
         assert_problem(app.get(&path, Some(&other)).await, 404, "not_found").await;
     }
-    assert_problem(send(&app, &other, &id, json!({"argv": ["true"]})).await, 404, "not_found")
-        .await;
+    assert_problem(
+        send_command(&app, &other, &id, json!({"argv": ["true"]})).await,
+        404,
+        "not_found",
+    )
+    .await;
     let cancel = app
         .post_as(&other, &format!("/infrastructure/{id}/commands/{command_id}/cancel"), &json!({}))
         .await;
@@ -467,14 +355,15 @@ async fn network_faults_on_one_machine_leave_the_others_working_and_health_recov
     let id = ready_fleet(&app, &token, "patients").await;
 
     let healthy = wait_for(&app, &token, &id, "every machine healthy", |d| {
-        d["machines"].as_array().unwrap().iter().all(|m| m["status"] == "healthy")
+        every_machine(d, MachineStatus::Healthy)
     })
     .await;
-    assert_eq!(healthy["degraded"], false);
-    for machine in healthy["machines"].as_array().unwrap() {
-        assert!(machine["last_seen_at"].is_string(), "{machine}");
-        assert!(machine["info"]["hostname"].is_string(), "{machine}");
-        assert!(machine["info"]["cpus"].as_u64().unwrap() >= 1);
+    assert_eq!(healthy.degraded, Some(false));
+    for machine in machines_of(&healthy) {
+        let info = machine.info.as_ref().expect("a healthy machine's info");
+        assert!(machine.last_seen_at.is_some(), "{machine:?}");
+        assert!(info["hostname"].is_string(), "{machine:?}");
+        assert!(info["cpus"].as_u64().unwrap() >= 1);
     }
 
     // A partition of local-1 (its link down: the machine and its agent keep running), and
@@ -502,17 +391,21 @@ async fn network_faults_on_one_machine_leave_the_others_working_and_health_recov
     );
 
     let degraded = wait_for(&app, &token, &id, "local-1 unreachable", |d| {
-        d["machines"][1]["status"] == "unreachable"
+        d.machines.as_ref().is_some_and(|m| m[1].status == MachineStatus::Unreachable)
     })
     .await;
     println!(
         "health marked the partitioned machine unreachable {:?} after the cut",
         cut_at.elapsed()
     );
-    assert_eq!(degraded["degraded"], true);
-    assert_eq!(degraded["status"], "ready", "health never changes the lifecycle status");
+    assert_eq!(degraded.degraded, Some(true));
+    assert_eq!(
+        degraded.status,
+        DeploymentStatus::Ready,
+        "health never changes the lifecycle status"
+    );
     // The last sighting is kept.
-    assert!(degraded["machines"][1]["last_seen_at"].is_string());
+    assert!(machines_of(&degraded)[1].last_seen_at.is_some());
 
     lose_packets(&app, &id, "local-3", None);
     set_link(&app, &id, "local-1", true);
@@ -529,10 +422,10 @@ async fn network_faults_on_one_machine_leave_the_others_working_and_health_recov
         healed_at.elapsed()
     );
     let recovered = wait_for(&app, &token, &id, "every machine healthy again", |d| {
-        d["machines"].as_array().unwrap().iter().all(|m| m["status"] == "healthy")
+        every_machine(d, MachineStatus::Healthy)
     })
     .await;
-    assert_eq!(recovered["degraded"], false);
+    assert_eq!(recovered.degraded, Some(false));
     let all = run_command(&app, &token, &id, json!({"argv": ["true"]})).await;
     assert_eq!(all["status"], "succeeded");
 
@@ -623,17 +516,21 @@ async fn commands_need_a_ready_deployment() {
     )
     .await;
     let id = created["deployment"]["id"].as_str().unwrap();
-    wait_for_status(&app, &token, id, "failed").await;
+    wait_for_status(&app, &token, id, DeploymentStatus::Failed).await;
     let problem = assert_problem(
-        send(&app, &token, id, json!({"argv": ["true"]})).await,
+        send_command(&app, &token, id, json!({"argv": ["true"]})).await,
         409,
         "deployment_not_ready",
     )
     .await;
     assert!(problem["detail"].as_str().unwrap().contains("the deployment is failed"), "{problem}");
     let missing = "0190c0de-0000-7000-8000-000000000000";
-    assert_problem(send(&app, &token, missing, json!({"argv": ["true"]})).await, 404, "not_found")
-        .await;
+    assert_problem(
+        send_command(&app, &token, missing, json!({"argv": ["true"]})).await,
+        404,
+        "not_found",
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -9,11 +9,9 @@ use std::{path::PathBuf, process::Stdio, time::Duration};
 
 use serde_json::json;
 
-use crate::{
-    commands::run_command,
-    helpers::{TestApp, app},
-    provisioning::{provision, wait_for_status},
-};
+use wire::status::DeploymentStatus;
+
+use crate::helpers::{TestApp, app, provision, run_command, wait_for_status};
 
 /// Examples per operation and phase: enough to reach every status an operation documents,
 /// little enough for CI (a pass takes about a minute on two cores).
@@ -127,7 +125,7 @@ async fn schemathesis_finds_the_api_exactly_as_documented_and_other_users_ids_ar
     .await;
     let id = created["deployment"]["id"].as_str().unwrap().to_owned();
     let run_id = created["run"]["id"].as_str().unwrap().to_owned();
-    wait_for_status(&app, &owner, &id, "ready").await;
+    wait_for_status(&app, &owner, &id, DeploymentStatus::Ready).await;
     let command = run_command(&app, &owner, &id, json!({"argv": ["true"]})).await;
     let command_id = command["id"].as_str().unwrap().to_owned();
 

@@ -4,7 +4,7 @@
 
 use reqwest::{StatusCode, header};
 
-use crate::helpers::{app, assert_problem, spawn_app};
+use crate::helpers::{app, assert_problem, provision_ready, run_command, spawn_app};
 
 const METRICS_TOKEN: &str = "metrics-token-for-tests-0123456789";
 
@@ -141,8 +141,8 @@ async fn metrics_count_a_real_run_a_command_its_machine_and_the_machines_health(
     let app = app().provisioning().spawn().await;
     let token = app.token("metrics-run@example.com").await;
     let body = serde_json::json!({"name": "metered", "provider": "local", "variables": {"machine_count": 1}});
-    let id = crate::provisioning::provision_ready(&app, &token, body).await;
-    crate::commands::run_command(&app, &token, &id, serde_json::json!({"argv": ["true"]})).await;
+    let id = provision_ready(&app, &token, body).await;
+    run_command(&app, &token, &id, serde_json::json!({"argv": ["true"]})).await;
 
     let text = metrics_text(&app, None).await;
     for line in [

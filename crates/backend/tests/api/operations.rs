@@ -16,13 +16,12 @@ use std::{
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::{
-    commands::{get_command, start, wait_for_command},
-    helpers::{
-        Reuse, app, assert_problem, backend_command, eventually, json_ok, postgres_requested,
-        spawn_app,
-    },
-    provisioning::{agents, provision, provision_ready, wait_for, wait_for_status},
+use wire::status::{DeploymentStatus, RunStatus};
+
+use crate::helpers::{
+    Reuse, agents, app, assert_problem, backend_command, eventually, get_command, json_ok,
+    postgres_requested, provision, provision_ready, spawn_app, start, wait_for, wait_for_command,
+    wait_for_status,
 };
 
 /// Whether this test may mount filesystems (root); otherwise it is skipped, loudly, except under
@@ -222,7 +221,7 @@ async fn everything_under_the_data_directory_is_private_whatever_the_umask_and_r
     )
     .await;
     let id = created["deployment"]["id"].as_str().unwrap().to_owned();
-    wait_for_status(&first, &token, &id, "failed").await;
+    wait_for_status(&first, &token, &id, DeploymentStatus::Failed).await;
     let data = first.dir.path().join("data");
     for name in ["nim.db", "nim.db-wal", "nim.db-shm", "jwt-secret", "encryption-key", "nim.lock"] {
         assert!(data.join(name).exists(), "{name}");
@@ -326,7 +325,7 @@ async fn a_backup_taken_while_serving_restores_the_deployment_and_its_machines_a
     assert_eq!(command["results"][0]["stdout"], "restored\n");
     // And the restored state lets Terraform destroy what it made.
     second.delete_as(&token, &format!("/infrastructure/{id}")).await;
-    wait_for_status(&second, &token, &id, "destroyed").await;
+    wait_for_status(&second, &token, &id, DeploymentStatus::Destroyed).await;
     assert!(agents(&second).is_empty());
 }
 
@@ -356,7 +355,9 @@ async fn a_full_data_disk_refuses_writes_with_503_keeps_reads_and_recovers_witho
     let created = provision(&app, &token, body).await;
     let id = created["deployment"]["id"].as_str().unwrap().to_owned();
     wait_for(&app, &token, &id, "the apply to start", |d| {
-        d["latest_run"]["status"] == "running" && d["latest_run"]["progress"]["total"] == 1
+        d.latest_run
+            .as_ref()
+            .is_some_and(|r| r.status == RunStatus::Running && r.progress.total == 1)
     })
     .await;
 
@@ -391,15 +392,17 @@ async fn a_full_data_disk_refuses_writes_with_503_keeps_reads_and_recovers_witho
     .await;
     std::fs::remove_file(filler).unwrap();
     let failed = wait_for(&app, &token, &id, "the run's end", |d| {
-        d["latest_run"]["status"] != "running" && d["status"] != "provisioning"
+        d.latest_run.as_ref().is_some_and(|r| r.status != RunStatus::Running)
+            && d.status != DeploymentStatus::Provisioning
     })
     .await;
-    println!("run: {} — {}", failed["latest_run"]["status"], failed["latest_run"]["error"]);
-    assert_eq!(failed["latest_run"]["status"], "failed", "{failed:#}");
-    assert_eq!(failed["status"], "failed");
+    let run = failed.latest_run.as_ref().expect("the apply");
+    println!("run: {} — {:?}", run.status, run.error);
+    assert_eq!(run.status, RunStatus::Failed, "{failed:#?}");
+    assert_eq!(failed.status, DeploymentStatus::Failed);
     // With Postgres the state is not on that disk: the apply succeeds and its fixture
     // machine's agent never answers. On SQLite the state cannot be saved.
-    let error = failed["latest_run"]["error"].as_str().unwrap();
+    let error = run.error.as_deref().unwrap();
     if !postgres_requested() {
         assert!(error.contains("terraform apply failed"), "{error}");
     }
@@ -407,7 +410,7 @@ async fn a_full_data_disk_refuses_writes_with_503_keeps_reads_and_recovers_witho
     // Everything works again, without a restart.
     assert_eq!(app.sign_up("after@example.com", "correct horse").await.status(), 201);
     app.delete_as(&token, &format!("/infrastructure/{id}")).await;
-    wait_for_status(&app, &token, &id, "destroyed").await;
+    wait_for_status(&app, &token, &id, DeploymentStatus::Destroyed).await;
     if !postgres_requested() {
         let reuse = app.into_dir();
         assert_eq!(integrity(&reuse.dir.path().join("data/nim.db")).await, "ok");
@@ -494,7 +497,9 @@ async fn sigterm_under_load_answers_or_cleanly_closes_every_request_and_records_
     .await;
     let slow = slow["deployment"]["id"].as_str().unwrap().to_owned();
     wait_for(&first, &token, &slow, "the apply to start", |d| {
-        d["latest_run"]["status"] == "running" && d["latest_run"]["progress"]["total"] == 1
+        d.latest_run
+            .as_ref()
+            .is_some_and(|r| r.status == RunStatus::Running && r.progress.total == 1)
     })
     .await;
 
@@ -610,15 +615,15 @@ async fn sigterm_under_load_answers_or_cleanly_closes_every_request_and_records_
     assert_eq!(interrupted["status"], "interrupted", "{runs:#}");
     assert!(interrupted["error"].as_str().unwrap().contains("shut down"), "{interrupted}");
     let resumed = wait_for(&second, &token, &slow, "the re-queued run", |d| {
-        d["latest_run"]["status"] == "running"
+        d.latest_run.as_ref().is_some_and(|r| r.status == RunStatus::Running)
     })
     .await;
-    let run_id = resumed["latest_run"]["id"].as_str().unwrap();
+    let run_id = resumed.latest_run.as_ref().unwrap().id;
     second
         .post_as(&token, &format!("/infrastructure/{slow}/runs/{run_id}/cancel"), &json!({}))
         .await;
-    wait_for_status(&second, &token, &slow, "failed").await;
+    wait_for_status(&second, &token, &slow, DeploymentStatus::Failed).await;
     second.delete_as(&token, &format!("/infrastructure/{fleet}")).await;
-    wait_for_status(&second, &token, &fleet, "destroyed").await;
+    wait_for_status(&second, &token, &fleet, DeploymentStatus::Destroyed).await;
     assert!(agents(&second).is_empty());
 }

@@ -19,11 +19,15 @@ use serde_json::json;
 use sqlx::{Connection, PgConnection, Row};
 use tokio::{net::TcpListener, task::AbortHandle};
 
-use crate::{
-    commands::{alive, gone, host_pid, marker, read_pid, start, wait_for_command},
-    helpers::{app, assert_problem, eventually, json_ok, read_events_until_finished},
-    provisioning::agents,
-    provisioning::{provision, wait_for, wait_for_status},
+use wire::{
+    events::{RunEvent, StatusEvent},
+    status::DeploymentStatus,
+};
+
+use crate::helpers::{
+    agents, alive, app, assert_problem, eventually, gone, host_pid, json_ok, machines_of, marker,
+    provision, read_events_until_finished, read_pid, start, wait_for, wait_for_command,
+    wait_for_status,
 };
 
 /// Makes a plain Postgres look like a Supabase database where it matters to our policies: the
@@ -87,7 +91,13 @@ async fn supabase_users_read_only_their_own_rows_and_never_secrets() {
             json!({"name": name, "provider": "failing", "variables": {"reason": "x"}}),
         )
         .await;
-        wait_for_status(&app, token, created["deployment"]["id"].as_str().unwrap(), "failed").await;
+        wait_for_status(
+            &app,
+            token,
+            created["deployment"]["id"].as_str().unwrap(),
+            DeploymentStatus::Failed,
+        )
+        .await;
     }
 
     let rows = as_user(
@@ -284,17 +294,15 @@ async fn two_replicas_share_the_work_and_take_over_from_a_killed_one() {
     b.kill9();
 
     for id in &ids {
-        let ready = wait_for_status(&a, &token, id, "ready").await;
-        assert_eq!(ready["machines"].as_array().unwrap().len(), 1);
+        let ready = wait_for_status(&a, &token, id, DeploymentStatus::Ready).await;
+        assert_eq!(machines_of(&ready).len(), 1);
     }
     // A's event streams saw runs executing on B (before it died) and on A.
     let mut workers_seen = HashSet::new();
     for stream in streams {
-        for (_, kind, data) in stream.await.unwrap() {
-            if kind == "status" {
-                if let Some(worker) = data["worker"].as_str() {
-                    workers_seen.insert(worker.to_owned());
-                }
+        for event in stream.await.unwrap() {
+            if let Ok(RunEvent::Status(StatusEvent { worker: Some(worker), .. })) = event.event() {
+                workers_seen.insert(worker);
             }
         }
     }
@@ -355,7 +363,7 @@ async fn two_replicas_share_the_work_and_take_over_from_a_killed_one() {
         a.delete_as(&token, &format!("/infrastructure/{id}")).await;
     }
     for id in &ids {
-        wait_for_status(&a, &token, id, "destroyed").await;
+        wait_for_status(&a, &token, id, DeploymentStatus::Destroyed).await;
     }
     assert_eq!(agents(&a).len(), 0);
 }
@@ -378,7 +386,7 @@ async fn a_command_cancelled_through_another_replica_stops_on_the_replica_runnin
     let token = a.token("cancel-anywhere@example.com").await;
     let body = json!({"name": "one", "provider": "local", "variables": {"machine_count": 1}});
     let id = provision(&a, &token, body).await["deployment"]["id"].as_str().unwrap().to_owned();
-    wait_for_status(&a, &token, &id, "ready").await;
+    wait_for_status(&a, &token, &id, DeploymentStatus::Ready).await;
 
     // Replica A runs the command (it took the request); the cancel goes to replica B.
     let body = json!({"shell": "mkdir -p /tmp/markers; echo $$ > /tmp/markers/$NIM_MACHINE.pid; sleep 60"});
@@ -430,12 +438,16 @@ async fn a_new_deployments_state_waits_for_terraforms_creation_lock_instead_of_f
     sqlx::query("SELECT pg_advisory_unlock(-1)").execute(&mut holder).await.unwrap();
 
     let deployment = wait_for(&app, &token, &id, "the apply to end", |d| {
-        !["pending", "provisioning"].contains(&d["status"].as_str().unwrap())
+        ![DeploymentStatus::Pending, DeploymentStatus::Provisioning].contains(&d.status)
     })
     .await;
     let run =
         json_ok(app.get(&format!("/infrastructure/{id}/runs/{run_id}"), Some(&token)).await).await;
-    assert_eq!(deployment["status"], "ready", "{deployment:#}\nthe run's log: {run:#}");
+    assert_eq!(
+        deployment.status,
+        DeploymentStatus::Ready,
+        "{deployment:#?}\nthe run's log: {run:#}"
+    );
     // It did meet the lock, and said so in the run's log.
     let retried = run["events"].as_array().unwrap().iter().any(|e| {
         e["data"]["message"].as_str().is_some_and(|m| {

@@ -7,107 +7,15 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{
-    TestApp, app, assert_problem, error_fields, eventually, json_ok, read_events_until_finished,
+use wire::{
+    events::RunEvent,
+    status::{DeploymentStatus, MachineStatus, RunKind, RunStatus},
 };
 
-/// How long any run may take in these tests before they give up (a loaded 2-core machine).
-const RUN_WAIT: Duration = Duration::from_secs(120);
-
-pub async fn provision(app: &TestApp, token: &str, body: Value) -> Value {
-    let response = app.post_as(token, "/provision", &body).await;
-    assert_eq!(
-        response.status(),
-        StatusCode::ACCEPTED,
-        "{}",
-        response.text().await.unwrap_or_default()
-    );
-    response.json().await.unwrap()
-}
-
-/// Provisions and waits until the deployment is ready; returns its id.
-pub async fn provision_ready(app: &TestApp, token: &str, body: Value) -> String {
-    let created = provision(app, token, body).await;
-    let id = created["deployment"]["id"].as_str().unwrap().to_owned();
-    wait_for_status(app, token, &id, "ready").await;
-    id
-}
-
-/// Polls the deployment until `done(deployment)` holds.
-pub async fn wait_for(
-    app: &TestApp,
-    token: &str,
-    id: &str,
-    what: &str,
-    done: impl Fn(&Value) -> bool,
-) -> Value {
-    eventually(what, RUN_WAIT, || async {
-        let deployment =
-            json_ok(app.get(&format!("/infrastructure/{id}"), Some(token)).await).await;
-        if done(&deployment) { Ok(deployment) } else { Err(format!("{deployment:#}")) }
-    })
-    .await
-}
-
-pub async fn wait_for_status(app: &TestApp, token: &str, id: &str, status: &str) -> Value {
-    wait_for(app, token, id, status, |d| d["status"] == status).await
-}
-
-/// Agents of this test's deployments still running: `nim-agent` processes in the cgroup of a
-/// machine under the test's machines directory.
-pub fn agents(app: &TestApp) -> Vec<u32> {
-    let deployments: Vec<String> = std::fs::read_dir(&app.machines_dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|entry| entry.file_name().to_string_lossy().into_owned())
-        .collect();
-    local_agents()
-        .into_iter()
-        .filter(|(_, cgroup)| deployments.iter().any(|d| cgroup.contains(d)))
-        .map(|(pid, _)| pid)
-        .collect()
-}
-
-/// Every `nim-agent` process on the host with its cgroups.
-fn local_agents() -> Vec<(u32, String)> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        if std::fs::read_to_string(entry.path().join("comm")).is_ok_and(|c| c.trim() == "nim-agent")
-        {
-            if let Ok(cgroup) = std::fs::read_to_string(entry.path().join("cgroup")) {
-                found.push((pid, cgroup));
-            }
-        }
-    }
-    found
-}
-
-/// Nothing of a deployment's local machines is left on the host: no disk, no network namespace,
-/// no link (veth or bridge, whose alias names the deployment).
-pub fn assert_no_trace(app: &TestApp, id: &str) {
-    assert!(!app.machines_dir.join(id).exists(), "the machines' disks are left");
-    let namespaces = std::process::Command::new("ip").args(["netns", "list"]).output().unwrap();
-    assert!(!String::from_utf8_lossy(&namespaces.stdout).contains(id), "a namespace is left");
-    let links = std::process::Command::new("ip").args(["-d", "link", "show"]).output().unwrap();
-    assert!(!String::from_utf8_lossy(&links.stdout).contains(id), "a link is left");
-}
-
-/// Whether something speaking TLS + HTTP answers as an agent at a machine's address (the
-/// backend pins the deployment's certificate; this only asks whether an agent is there).
-pub async fn agent_answers(address: &str) -> bool {
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .danger_accept_invalid_certs(true)
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
-    match client.get(format!("https://{address}:7070/v1/health")).send().await {
-        Ok(response) => response.json::<Value>().await.is_ok_and(|body| body["status"] == "ok"),
-        Err(_) => false,
-    }
-}
+use crate::helpers::{
+    agent_answers, agents, app, assert_no_trace, assert_problem, error_fields, json_ok,
+    machines_of, provision, read_events_until_finished, wait_for, wait_for_status,
+};
 
 #[tokio::test]
 async fn three_local_machines_become_ready_and_destroy_removes_them() {
@@ -124,39 +32,41 @@ async fn three_local_machines_become_ready_and_destroy_removes_them() {
     assert_eq!(created["run"]["kind"], "apply");
     let id = created["deployment"]["id"].as_str().unwrap().to_owned();
 
-    let ready = wait_for_status(&app, &token, &id, "ready").await;
-    let machines = ready["machines"].as_array().unwrap();
-    assert_eq!(machines.len(), 3, "{ready:#}");
-    let names: Vec<_> = machines.iter().map(|m| m["name"].as_str().unwrap()).collect();
+    let ready = wait_for_status(&app, &token, &id, DeploymentStatus::Ready).await;
+    let machines = machines_of(&ready);
+    assert_eq!(machines.len(), 3, "{ready:#?}");
+    let names: Vec<_> = machines.iter().map(|m| m.name.as_str()).collect();
     assert_eq!(names, ["local-0", "local-1", "local-2"]);
     let mut addresses = Vec::new();
     for machine in machines {
         // Each machine has its own address in the deployment's subnet.
-        let address = machine["public_ip"].as_str().unwrap();
-        assert!(address.starts_with("10.213."), "{machine:#}");
-        assert_eq!(machine["private_ip"], address);
+        let address = machine.public_ip.as_deref().unwrap();
+        assert!(address.starts_with("10.213."), "{machine:#?}");
+        assert_eq!(machine.private_ip.as_deref(), Some(address));
         assert!(agent_answers(address).await, "agent at {address} does not answer");
         addresses.push(address.to_owned());
         // `ready` comes with each machine's health and facts, not `unknown`.
-        assert_eq!(machine["status"], "healthy", "{machine:#}");
-        assert!(machine["last_seen_at"].is_string(), "{machine:#}");
-        assert!(machine["info"]["cpus"].as_u64().unwrap() >= 1, "{machine:#}");
+        assert_eq!(machine.status, MachineStatus::Healthy, "{machine:#?}");
+        assert!(machine.last_seen_at.is_some(), "{machine:#?}");
+        let cpus = machine.info.as_ref().and_then(|info| info["cpus"].as_u64());
+        assert!(cpus.is_some_and(|cpus| cpus >= 1), "{machine:#?}");
     }
     assert_eq!(agents(&app).len(), 3);
-    assert_eq!(ready["latest_run"]["status"], "succeeded");
+    let run = ready.latest_run.as_ref().expect("the apply");
+    assert_eq!(run.status, RunStatus::Succeeded);
     addresses.sort();
     addresses.dedup();
     assert_eq!(addresses.len(), 3);
     // Three machines and their network.
-    assert_eq!(ready["latest_run"]["progress"], json!({"done": 4, "total": 4}));
-    // Secrets never come back.
-    let text = ready.to_string();
+    assert_eq!((run.progress.done, run.progress.total), (4, 4));
+    // Secrets never come back (read raw: the typed view would drop a field it does not know).
+    let text = app.get(&format!("/infrastructure/{id}"), Some(&token)).await.text().await.unwrap();
     assert!(!text.contains("BEGIN") && !text.contains("agent_token"), "{text}");
 
     let destroying = app.delete_as(&token, &format!("/infrastructure/{id}")).await;
     assert_eq!(destroying.status(), StatusCode::ACCEPTED);
-    let destroyed = wait_for_status(&app, &token, &id, "destroyed").await;
-    assert_eq!(destroyed["machines"], json!([]));
+    let destroyed = wait_for_status(&app, &token, &id, DeploymentStatus::Destroyed).await;
+    assert!(machines_of(&destroyed).is_empty(), "{destroyed:#?}");
     assert!(agents(&app).is_empty(), "agents left after destroy: {:?}", agents(&app));
     for address in &addresses {
         assert!(!agent_answers(address).await, "{address} still answers");
@@ -202,33 +112,38 @@ async fn run_events_stream_over_sse_in_order_and_resume_after_last_event_id() {
     assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
     let events = read_events_until_finished(response).await;
 
-    let ids: Vec<i64> = events.iter().map(|(id, _, _)| *id).collect();
+    let ids: Vec<i64> = events.iter().map(|e| e.id).collect();
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids not increasing: {ids:?}");
-    assert_eq!(events[0].1, "status");
-    assert_eq!(events[0].2["deployment_status"], "provisioning");
-    let last_progress =
-        events.iter().rev().find(|(_, kind, _)| kind == "progress").expect("a progress event");
-    // Two machines and their network.
-    assert_eq!(last_progress.2["done"], 3);
-    assert_eq!(last_progress.2["total"], 3);
-    // The plan sets the total and the apply keeps it: it never starts again from zero.
-    let progress: Vec<(u64, u64)> = events
+    let typed: Vec<RunEvent> =
+        events.iter().map(|e| e.event().unwrap_or_else(|err| panic!("{err}: {e:?}"))).collect();
+    let RunEvent::Status(first) = &typed[0] else { panic!("first event: {:?}", typed[0]) };
+    assert_eq!(first.deployment_status, DeploymentStatus::Provisioning);
+    // The plan sets the total and the apply keeps it: it never starts again from zero. Two
+    // machines and their network.
+    let progress: Vec<(u64, u64)> = typed
         .iter()
-        .filter(|(_, kind, _)| kind == "progress")
-        .map(|(_, _, data)| (data["done"].as_u64().unwrap(), data["total"].as_u64().unwrap()))
+        .filter_map(|e| match e {
+            RunEvent::Progress(p) => Some((p.done, p.total)),
+            _ => None,
+        })
         .collect();
     assert_eq!(
         progress,
         [(0, 1), (0, 2), (0, 3), (1, 3), (2, 3), (3, 3)],
         "progress: {progress:?}"
     );
-    assert!(events.iter().any(|(_, kind, data)| kind == "log" && data["resource"] == "terraform_data.machine[1]"));
-    let (_, _, finished) = events.last().unwrap();
-    assert_eq!(finished["status"], "succeeded");
-    assert_eq!(finished["run_id"], created["run"]["id"]);
+    assert!(typed.iter().any(|e| matches!(
+        e,
+        RunEvent::Log(log) if log.resource.as_deref() == Some("terraform_data.machine[1]")
+    )));
+    let Some(RunEvent::RunFinished(finished)) = typed.last() else {
+        panic!("last event: {:?}", typed.last())
+    };
+    assert_eq!(finished.status, RunStatus::Succeeded);
+    assert_eq!(finished.run_id.to_string(), created["run"]["id"].as_str().unwrap());
 
     // Resuming after an event replays exactly what came after it.
-    let resume_after = events[events.len() / 2].0;
+    let resume_after = events[events.len() / 2].id;
     let resumed = app
         .client
         .get(app.url(&format!("/infrastructure/{id}/events")))
@@ -238,7 +153,7 @@ async fn run_events_stream_over_sse_in_order_and_resume_after_last_event_id() {
         .await
         .unwrap();
     let replayed = read_events_until_finished(resumed).await;
-    assert_eq!(replayed.first().unwrap().0, events[events.len() / 2 + 1].0);
+    assert_eq!(replayed.first().unwrap().id, events[events.len() / 2 + 1].id);
     assert_eq!(replayed.len(), events.len() - events.len() / 2 - 1);
 
     // The stored log of the run holds the same events.
@@ -325,17 +240,17 @@ async fn a_failing_module_fails_the_deployment_with_terraforms_message() {
     )
     .await;
     let id = created["deployment"]["id"].as_str().unwrap();
-    let failed = wait_for_status(&app, &token, id, "failed").await;
-    let reason = failed["status_reason"].as_str().unwrap();
+    let failed = wait_for_status(&app, &token, id, DeploymentStatus::Failed).await;
+    let reason = failed.status_reason.as_deref().unwrap();
     assert!(reason.starts_with("terraform apply failed"), "{reason}");
     assert!(reason.contains("disk on fire"), "{reason}");
-    assert_eq!(failed["latest_run"]["status"], "failed");
+    assert_eq!(failed.latest_run.as_ref().unwrap().status, RunStatus::Failed);
     // A failed deployment can still be destroyed.
     assert_eq!(
         app.delete_as(&token, &format!("/infrastructure/{id}")).await.status(),
         StatusCode::ACCEPTED
     );
-    wait_for_status(&app, &token, id, "destroyed").await;
+    wait_for_status(&app, &token, id, DeploymentStatus::Destroyed).await;
 }
 
 #[tokio::test]
@@ -428,9 +343,9 @@ async fn an_idempotency_key_returns_the_original_deployment() {
     let list = json_ok(app.get("/infrastructure", Some(&token)).await).await;
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
     let id = first["deployment"]["id"].as_str().unwrap();
-    wait_for_status(&app, &token, id, "ready").await;
+    wait_for_status(&app, &token, id, DeploymentStatus::Ready).await;
     app.delete_as(&token, &format!("/infrastructure/{id}")).await;
-    wait_for_status(&app, &token, id, "destroyed").await;
+    wait_for_status(&app, &token, id, DeploymentStatus::Destroyed).await;
 }
 
 #[tokio::test]
@@ -492,7 +407,9 @@ async fn cancelling_a_running_apply_fails_the_deployment_and_destroy_still_works
     let id = created["deployment"]["id"].as_str().unwrap();
     let run_id = created["run"]["id"].as_str().unwrap();
     wait_for(&app, &token, id, "the apply to start", |d| {
-        d["latest_run"]["status"] == "running" && d["latest_run"]["progress"]["total"] == 3
+        d.latest_run
+            .as_ref()
+            .is_some_and(|r| r.status == RunStatus::Running && r.progress.total == 3)
     })
     .await;
 
@@ -505,10 +422,10 @@ async fn cancelling_a_running_apply_fails_the_deployment_and_destroy_still_works
         .post_as(&token, &format!("/infrastructure/{id}/runs/{run_id}/cancel"), &json!({}))
         .await;
     assert_eq!(cancel.status(), StatusCode::ACCEPTED);
-    let failed = wait_for_status(&app, &token, id, "failed").await;
+    let failed = wait_for_status(&app, &token, id, DeploymentStatus::Failed).await;
     assert!(started.elapsed() < Duration::from_secs(40), "cancel took {:?}", started.elapsed());
-    assert_eq!(failed["latest_run"]["status"], "cancelled");
-    assert_eq!(failed["status_reason"], "the apply was cancelled");
+    assert_eq!(failed.latest_run.as_ref().unwrap().status, RunStatus::Cancelled);
+    assert_eq!(failed.status_reason.as_deref(), Some("the apply was cancelled"));
     let again = app
         .post_as(&token, &format!("/infrastructure/{id}/runs/{run_id}/cancel"), &json!({}))
         .await;
@@ -528,7 +445,7 @@ async fn cancelling_a_running_apply_fails_the_deployment_and_destroy_still_works
         app.delete_as(&token, &format!("/infrastructure/{id}")).await.status(),
         StatusCode::ACCEPTED
     );
-    wait_for_status(&app, &token, id, "destroyed").await;
+    wait_for_status(&app, &token, id, DeploymentStatus::Destroyed).await;
     assert!(agents(&app).is_empty());
     // Machines the cancelled apply had begun to start are gone too, though Terraform never
     // recorded them.
@@ -546,7 +463,7 @@ async fn a_backend_killed_mid_destroy_finishes_it_after_restart_and_leaves_nothi
     )
     .await;
     let id = created["deployment"]["id"].as_str().unwrap().to_owned();
-    wait_for_status(&first, &token, &id, "ready").await;
+    wait_for_status(&first, &token, &id, DeploymentStatus::Ready).await;
     // A command that ignores SIGTERM keeps each machine's stop waiting (3 s, then SIGKILL): a
     // window in which the destroy is surely under way.
     let stubborn = json!({"shell": "trap '' TERM; sleep 120", "timeout_s": 300});
@@ -558,17 +475,17 @@ async fn a_backend_killed_mid_destroy_finishes_it_after_restart_and_leaves_nothi
         StatusCode::ACCEPTED
     );
     wait_for(&first, &token, &id, "the destroy's apply to start", |d| {
-        d["latest_run"]["kind"] == "destroy"
-            && d["latest_run"]["status"] == "running"
-            && d["latest_run"]["progress"]["total"] == 3
+        d.latest_run.as_ref().is_some_and(|r| {
+            r.kind == RunKind::Destroy && r.status == RunStatus::Running && r.progress.total == 3
+        })
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     first.kill9();
 
     let second = app().provisioning().dir(first.into_dir()).spawn().await;
-    let destroyed = wait_for_status(&second, &token, &id, "destroyed").await;
-    assert_eq!(destroyed["machines"], json!([]));
+    let destroyed = wait_for_status(&second, &token, &id, DeploymentStatus::Destroyed).await;
+    assert!(machines_of(&destroyed).is_empty(), "{destroyed:#?}");
     // The destroy was cut short and run again to its end.
     let runs = json_ok(second.get(&format!("/infrastructure/{id}/runs"), Some(&token)).await).await;
     let runs: Vec<_> = runs["items"]
@@ -594,14 +511,16 @@ async fn a_backend_killed_mid_apply_resumes_the_run_once_after_restart() {
     let created = provision(&first, &token, json!({"name": "phoenix", "provider": "local", "variables": {"machine_count": 2, "boot_delay_seconds": 10}})).await;
     let id = created["deployment"]["id"].as_str().unwrap().to_owned();
     wait_for(&first, &token, &id, "the apply to start", |d| {
-        d["latest_run"]["status"] == "running" && d["latest_run"]["progress"]["total"] == 3
+        d.latest_run
+            .as_ref()
+            .is_some_and(|r| r.status == RunStatus::Running && r.progress.total == 3)
     })
     .await;
     first.kill9();
 
     let second = app().provisioning().dir(first.into_dir()).spawn().await;
-    let ready = wait_for_status(&second, &token, &id, "ready").await;
-    assert_eq!(ready["machines"].as_array().unwrap().len(), 2);
+    let ready = wait_for_status(&second, &token, &id, DeploymentStatus::Ready).await;
+    assert_eq!(machines_of(&ready).len(), 2);
     let runs = json_ok(second.get(&format!("/infrastructure/{id}/runs"), Some(&token)).await).await;
     let runs: Vec<_> = runs["items"]
         .as_array()
@@ -612,12 +531,12 @@ async fn a_backend_killed_mid_apply_resumes_the_run_once_after_restart() {
     assert_eq!(runs, [(json!("succeeded"), json!(1)), (json!("interrupted"), json!(0))]);
     // Exactly the two machines' agents run: none was leaked by the interrupted apply.
     assert_eq!(agents(&second).len(), 2, "agents: {:?}", agents(&second));
-    for machine in ready["machines"].as_array().unwrap() {
-        assert!(agent_answers(machine["public_ip"].as_str().unwrap()).await);
+    for machine in machines_of(&ready) {
+        assert!(agent_answers(machine.public_ip.as_deref().unwrap()).await);
     }
 
     second.delete_as(&token, &format!("/infrastructure/{id}")).await;
-    wait_for_status(&second, &token, &id, "destroyed").await;
+    wait_for_status(&second, &token, &id, DeploymentStatus::Destroyed).await;
     assert!(agents(&second).is_empty());
 }
 
@@ -628,7 +547,9 @@ async fn sigterm_during_a_run_interrupts_it_cleanly_and_the_next_start_resumes_i
     let created = provision(&first, &token, json!({"name": "graceful", "provider": "local", "variables": {"machine_count": 1, "boot_delay_seconds": 60}})).await;
     let id = created["deployment"]["id"].as_str().unwrap().to_owned();
     wait_for(&first, &token, &id, "the apply to start", |d| {
-        d["latest_run"]["status"] == "running" && d["latest_run"]["progress"]["total"] == 2
+        d.latest_run
+            .as_ref()
+            .is_some_and(|r| r.status == RunStatus::Running && r.progress.total == 2)
     })
     .await;
     let started = Instant::now();
@@ -644,17 +565,18 @@ async fn sigterm_during_a_run_interrupts_it_cleanly_and_the_next_start_resumes_i
     assert!(first_run["error"].as_str().unwrap().contains("shut down"), "{first_run}");
     // The re-queued run keeps the module's variables (60 s boot): cancel it and destroy.
     let next = wait_for(&second, &token, &id, "the re-queued run", |d| {
-        d["latest_run"]["status"] == "running"
+        d.latest_run.as_ref().is_some_and(|r| r.status == RunStatus::Running)
     })
     .await;
-    let next_id = next["latest_run"]["id"].as_str().unwrap();
-    assert_eq!(next["latest_run"]["attempt"], 0, "a shutdown does not use up the crash retry");
+    let next_run = next.latest_run.as_ref().unwrap();
+    let next_id = next_run.id;
+    assert_eq!(next_run.attempt, 0, "a shutdown does not use up the crash retry");
     second
         .post_as(&token, &format!("/infrastructure/{id}/runs/{next_id}/cancel"), &json!({}))
         .await;
-    wait_for_status(&second, &token, &id, "failed").await;
+    wait_for_status(&second, &token, &id, DeploymentStatus::Failed).await;
     second.delete_as(&token, &format!("/infrastructure/{id}")).await;
-    wait_for_status(&second, &token, &id, "destroyed").await;
+    wait_for_status(&second, &token, &id, DeploymentStatus::Destroyed).await;
     assert!(agents(&second).is_empty());
 }
 
@@ -669,10 +591,10 @@ async fn a_run_over_its_time_limit_is_stopped_and_fails_the_deployment() {
     )
     .await;
     let id = created["deployment"]["id"].as_str().unwrap();
-    let failed = wait_for_status(&app, &token, id, "failed").await;
-    assert_eq!(failed["status_reason"], "the apply timed out after 10 s");
-    assert_eq!(failed["latest_run"]["status"], "failed");
+    let failed = wait_for_status(&app, &token, id, DeploymentStatus::Failed).await;
+    assert_eq!(failed.status_reason.as_deref(), Some("the apply timed out after 10 s"));
+    assert_eq!(failed.latest_run.as_ref().unwrap().status, RunStatus::Failed);
     app.delete_as(&token, &format!("/infrastructure/{id}")).await;
-    wait_for_status(&app, &token, id, "destroyed").await;
+    wait_for_status(&app, &token, id, DeploymentStatus::Destroyed).await;
     assert!(agents(&app).is_empty());
 }

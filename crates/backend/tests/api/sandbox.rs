@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use crate::{
-    commands::run_command,
-    helpers::{JWT_SECRET, TestApp, app},
-    provisioning::{agents, provision, wait_for_status},
+use wire::{deployments::DeploymentView, status::DeploymentStatus};
+
+use crate::helpers::{
+    JWT_SECRET, TestApp, agents, app, machines_of, provision, run_command, wait_for_status,
 };
 
 /// Credentials a backend may hold in its environment; none may reach a machine.
@@ -29,27 +29,27 @@ async fn with_canaries() -> TestApp {
     builder.spawn().await
 }
 
-async fn ready_local(app: &TestApp, token: &str, name: &str, variables: Value) -> Value {
+async fn ready_local(app: &TestApp, token: &str, name: &str, variables: Value) -> DeploymentView {
     let created =
         provision(app, token, json!({"name": name, "provider": "local", "variables": variables}))
             .await;
     let id = created["deployment"]["id"].as_str().unwrap().to_owned();
-    wait_for_status(app, token, &id, "ready").await
+    wait_for_status(app, token, &id, DeploymentStatus::Ready).await
 }
 
 /// Runs a shell script on one machine and returns its result.
 async fn shell(
     app: &TestApp,
     token: &str,
-    deployment: &Value,
+    deployment: &DeploymentView,
     machine: &str,
     script: &str,
 ) -> Value {
-    let id = deployment["id"].as_str().unwrap();
+    let id = deployment.id.to_string();
     let command = run_command(
         app,
         token,
-        id,
+        &id,
         json!({"shell": script, "machines": [machine], "timeout_s": 60}),
     )
     .await;
@@ -96,8 +96,8 @@ async fn a_local_machine_reaches_nothing_of_the_host_or_of_other_users() {
     let data_dir = app.dir.path().join("data");
     // What the probes look for is there on the host.
     assert!(data_dir.join("deployments").is_dir(), "{}", data_dir.display());
-    let their_machine = theirs["machines"][0]["public_ip"].as_str().unwrap().to_owned();
-    let their_disk = app.machines_dir.join(theirs["id"].as_str().unwrap()).join("local-0/disk");
+    let their_machine = machines_of(&theirs)[0].public_ip.clone().unwrap();
+    let their_disk = app.machines_dir.join(theirs.id.to_string()).join("local-0/disk");
     assert!(their_disk.join("etc/passwd").exists(), "the other machine's disk is on the host");
     // Nor can any other account of the host enter a machine's disk.
     let outsider = std::process::Command::new("setpriv")
@@ -107,7 +107,7 @@ async fn a_local_machine_reaches_nothing_of_the_host_or_of_other_users() {
         .unwrap();
     assert!(!outsider.status.success(), "uid 65534 lists a machine's /etc");
     assert!(String::from_utf8_lossy(&outsider.stderr).contains("Permission denied"));
-    let my_peer = mine["machines"][1]["public_ip"].as_str().unwrap().to_owned();
+    let my_peer = machines_of(&mine)[1].public_ip.clone().unwrap();
     let gateway = gateway_of(&my_peer);
     let api_port = app.addr.port().to_string();
     let backend_pid = app.pid().to_string();
@@ -309,7 +309,7 @@ async fn terraform_gives_a_modules_local_exec_no_credential_and_no_database_pass
         provision(&app, &token, json!({"name": "probe", "provider": "envdump", "variables": {}}))
             .await;
     let id = created["deployment"]["id"].as_str().unwrap().to_owned();
-    wait_for_status(&app, &token, &id, "ready").await;
+    wait_for_status(&app, &token, &id, DeploymentStatus::Ready).await;
     let file = app.dir.path().join(format!("data/deployments/{id}/modules/envdump/local-exec.env"));
     let env = std::fs::read_to_string(&file).unwrap();
     for (name, value) in CANARIES {

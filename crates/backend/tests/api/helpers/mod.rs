@@ -1,4 +1,9 @@
-//! `spawn_app()` and typed request helpers shared by the integration tests.
+//! Everything the integration tests share, in one place: `spawn_app()`/`app()` and the server
+//! they start (this file), the steps of a test as typed helpers over the wire types (`fleet`:
+//! provision, wait for a status, run a command), the event stream read with the parser `nimctl`
+//! uses (`events`), and what a test looks at on the host (`machines`: agents, sandboxes, links).
+//! Request helpers answer JSON (`Value`) where the JSON itself is what a test asserts; the
+//! steps in between answer wire types.
 
 use std::{
     io::{BufRead, BufReader},
@@ -11,13 +16,21 @@ use std::{
 
 use nim_backend::store::testing::PostgresDatabase;
 
-#[path = "../support/binaries.rs"]
+#[path = "../../support/binaries.rs"]
 mod binaries;
+mod events;
+mod fleet;
+mod machines;
 #[allow(unused_imports, reason = "the benchmarks that include these helpers run no nimctl")]
 pub(crate) use binaries::{agent_binary, nimctl_binary};
 use reqwest::{Response, StatusCode, header::CONTENT_TYPE};
 use serde_json::{Value, json};
 use tempfile::TempDir;
+#[allow(
+    unused_imports,
+    reason = "the benchmarks that include these helpers use few of the steps"
+)]
+pub use {events::*, fleet::*, machines::*};
 
 /// The secret test servers sign tokens with, so tests can mint tokens of their own.
 pub const JWT_SECRET: &str = "integration-test-secret-of-at-least-32-bytes";
@@ -535,43 +548,4 @@ pub fn processes_mentioning(needle: &str) -> Vec<u32> {
         }
     }
     found
-}
-
-/// Reads SSE events from a response until `run_finished`; returns `(id, event, data)` triples.
-pub async fn read_events_until_finished(
-    mut response: reqwest::Response,
-) -> Vec<(i64, String, Value)> {
-    let mut buffer = String::new();
-    let mut events = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while std::time::Instant::now() < deadline {
-        let chunk = tokio::time::timeout(Duration::from_secs(30), response.chunk())
-            .await
-            .expect("events stalled");
-        let Some(chunk) = chunk.expect("event stream broke") else { break };
-        buffer.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = buffer.find("\n\n") {
-            let block: String = buffer.drain(..end + 2).collect();
-            let (mut id, mut kind, mut data) = (None, None, None);
-            for line in block.lines() {
-                if let Some(v) = line.strip_prefix("id: ") {
-                    id = v.parse().ok();
-                }
-                if let Some(v) = line.strip_prefix("event: ") {
-                    kind = Some(v.to_owned());
-                }
-                if let Some(v) = line.strip_prefix("data: ") {
-                    data = serde_json::from_str(v).ok();
-                }
-            }
-            if let (Some(id), Some(kind), Some(data)) = (id, kind, data) {
-                let finished = kind == "run_finished";
-                events.push((id, kind, data));
-                if finished {
-                    return events;
-                }
-            }
-        }
-    }
-    panic!("no run_finished event; got {events:?}");
 }
