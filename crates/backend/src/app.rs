@@ -147,6 +147,12 @@ impl Application {
         self.listener.local_addr().expect("a bound listener has an address")
     }
 
+    /// The run worker, not yet started: the worker's own tests drive its claim step directly.
+    #[cfg(test)]
+    pub(crate) fn worker(&self) -> &RunWorker {
+        &self.worker
+    }
+
     /// Cancelling this token stops the server as SIGTERM would.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()

@@ -8,6 +8,8 @@ mod lease;
 mod outcome;
 mod recorder;
 mod steps;
+#[cfg(test)]
+mod tests;
 
 use std::{sync::Arc, time::Duration};
 
