@@ -16,12 +16,12 @@ use std::{
 use reqwest::StatusCode;
 use serde_json::json;
 
-use wire::status::{DeploymentStatus, RunStatus};
+use wire::status::{DeploymentStatus, RunKind, RunStatus};
 
 use crate::helpers::{
     Reuse, agents, app, assert_problem, backend_command, eventually, get_command, json_ok,
-    postgres_requested, provision, provision_ready, spawn_app, start, wait_for, wait_for_command,
-    wait_for_status,
+    postgres_requested, provision, provision_ready, spawn_app, start, wait_for, wait_for_apply,
+    wait_for_command, wait_for_status,
 };
 
 /// Whether this test may mount filesystems (root); otherwise it is skipped, loudly, except under
@@ -354,12 +354,7 @@ async fn a_full_data_disk_refuses_writes_with_503_keeps_reads_and_recovers_witho
     let body = json!({"name": "slow", "provider": "slow", "variables": {"seconds": 6}});
     let created = provision(&app, &token, body).await;
     let id = created["deployment"]["id"].as_str().unwrap().to_owned();
-    wait_for(&app, &token, &id, "the apply to start", |d| {
-        d.latest_run
-            .as_ref()
-            .is_some_and(|r| r.status == RunStatus::Running && r.progress.total == 1)
-    })
-    .await;
+    wait_for_apply(&app, &token, &id, RunKind::Apply, 1).await;
 
     let filler = fill(&data);
     // The workspaces are on the full disk: a dry run cannot write its own.
@@ -496,12 +491,7 @@ async fn sigterm_under_load_answers_or_cleanly_closes_every_request_and_records_
     )
     .await;
     let slow = slow["deployment"]["id"].as_str().unwrap().to_owned();
-    wait_for(&first, &token, &slow, "the apply to start", |d| {
-        d.latest_run
-            .as_ref()
-            .is_some_and(|r| r.status == RunStatus::Running && r.progress.total == 1)
-    })
-    .await;
+    wait_for_apply(&first, &token, &slow, RunKind::Apply, 1).await;
 
     // An event stream, which must end cleanly too.
     let events = first

@@ -14,7 +14,7 @@ use wire::{
 
 use crate::helpers::{
     agent_answers, agents, app, assert_no_trace, assert_problem, error_fields, json_ok,
-    machines_of, provision, read_events_until_finished, wait_for, wait_for_status,
+    machines_of, provision, read_events_until_finished, wait_for, wait_for_apply, wait_for_status,
 };
 
 #[tokio::test]
@@ -406,12 +406,7 @@ async fn cancelling_a_running_apply_fails_the_deployment_and_destroy_still_works
     let created = provision(&app, &token, json!({"name": "slow", "provider": "local", "variables": {"machine_count": 2, "boot_delay_seconds": 60}})).await;
     let id = created["deployment"]["id"].as_str().unwrap();
     let run_id = created["run"]["id"].as_str().unwrap();
-    wait_for(&app, &token, id, "the apply to start", |d| {
-        d.latest_run
-            .as_ref()
-            .is_some_and(|r| r.status == RunStatus::Running && r.progress.total == 3)
-    })
-    .await;
+    wait_for_apply(&app, &token, id, RunKind::Apply, 3).await;
 
     // A second run cannot start while this one is active.
     assert_problem(app.delete_as(&token, &format!("/infrastructure/{id}")).await, 409, "conflict")
@@ -474,12 +469,7 @@ async fn a_backend_killed_mid_destroy_finishes_it_after_restart_and_leaves_nothi
         first.delete_as(&token, &format!("/infrastructure/{id}")).await.status(),
         StatusCode::ACCEPTED
     );
-    wait_for(&first, &token, &id, "the destroy's apply to start", |d| {
-        d.latest_run.as_ref().is_some_and(|r| {
-            r.kind == RunKind::Destroy && r.status == RunStatus::Running && r.progress.total == 3
-        })
-    })
-    .await;
+    wait_for_apply(&first, &token, &id, RunKind::Destroy, 3).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     first.kill9();
 
@@ -510,12 +500,7 @@ async fn a_backend_killed_mid_apply_resumes_the_run_once_after_restart() {
     // Machines boot for 10 s: a window the test cannot miss on a loaded machine.
     let created = provision(&first, &token, json!({"name": "phoenix", "provider": "local", "variables": {"machine_count": 2, "boot_delay_seconds": 10}})).await;
     let id = created["deployment"]["id"].as_str().unwrap().to_owned();
-    wait_for(&first, &token, &id, "the apply to start", |d| {
-        d.latest_run
-            .as_ref()
-            .is_some_and(|r| r.status == RunStatus::Running && r.progress.total == 3)
-    })
-    .await;
+    wait_for_apply(&first, &token, &id, RunKind::Apply, 3).await;
     first.kill9();
 
     let second = app().provisioning().dir(first.into_dir()).spawn().await;
@@ -546,12 +531,7 @@ async fn sigterm_during_a_run_interrupts_it_cleanly_and_the_next_start_resumes_i
     let token = first.token("term@example.com").await;
     let created = provision(&first, &token, json!({"name": "graceful", "provider": "local", "variables": {"machine_count": 1, "boot_delay_seconds": 60}})).await;
     let id = created["deployment"]["id"].as_str().unwrap().to_owned();
-    wait_for(&first, &token, &id, "the apply to start", |d| {
-        d.latest_run
-            .as_ref()
-            .is_some_and(|r| r.status == RunStatus::Running && r.progress.total == 2)
-    })
-    .await;
+    wait_for_apply(&first, &token, &id, RunKind::Apply, 2).await;
     let started = Instant::now();
     let status = first.terminate().await;
     assert!(status.success(), "{status:?}");

@@ -7,7 +7,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use wire::{
     deployments::{DeploymentView, MachineView},
-    status::{DeploymentStatus, MachineStatus},
+    status::{DeploymentStatus, MachineStatus, RunKind, RunStatus},
 };
 
 use super::{TestApp, eventually, json_ok};
@@ -53,6 +53,24 @@ pub async fn wait_for(
     eventually(what, RUN_WAIT, || async {
         let deployment = deployment(app, token, id).await;
         if done(&deployment) { Ok(deployment) } else { Err(format!("{deployment:#?}")) }
+    })
+    .await
+}
+
+/// Waits until the deployment's latest run is a `kind` run under way with `total` resources
+/// planned: its plan is done and Terraform is applying.
+pub async fn wait_for_apply(
+    app: &TestApp,
+    token: &str,
+    id: &str,
+    kind: RunKind,
+    total: i64,
+) -> DeploymentView {
+    let what = format!("the {kind} run's apply of {total} resources to start");
+    wait_for(app, token, id, &what, |d| {
+        d.latest_run.as_ref().is_some_and(|r| {
+            r.kind == kind && r.status == RunStatus::Running && r.progress.total == total
+        })
     })
     .await
 }
