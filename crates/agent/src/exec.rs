@@ -145,6 +145,10 @@ impl ExecPlan {
 
     /// Runs the command to its end. `shutdown` kills it early (SIGTERM's grace period is over).
     /// Dropping the returned future kills the whole process group.
+    ///
+    /// Longer than our usual function on purpose: the child, its stdin writer, both capped
+    /// pipes, the timeout and the shutdown signal are one select loop over state only it holds;
+    /// in one place it shows that output is read to the end whichever way the command stops.
     pub(crate) async fn run(
         self,
         output_cap: usize,
