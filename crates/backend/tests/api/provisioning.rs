@@ -212,6 +212,7 @@ async fn a_dry_run_plans_and_creates_nothing() {
         .await;
     let problem = assert_problem(response, 422, "validation_failed").await;
     assert_eq!(error_fields(&problem), ["variables.machine_count"]);
+    // The module's `validation` blocks answer before Terraform runs, with the module's message.
     let response = app
         .post_as(
             &token,
@@ -219,14 +220,22 @@ async fn a_dry_run_plans_and_creates_nothing() {
             &json!({"name": "maybe", "provider": "local", "variables": {"machine_count": 0}}),
         )
         .await;
+    let problem = assert_problem(response, 422, "validation_failed").await;
+    assert_eq!(error_fields(&problem), ["variables.machine_count"]);
+    let message = problem["errors"][0]["message"].as_str().unwrap();
+    assert_eq!(message, "machine_count must be a whole number from 1 to 50.");
+    // A condition the backend does not evaluate (`startswith`) is Terraform's: its plan refuses
+    // the value, and the answer carries the module's message.
+    let response = app
+        .post_as(
+            &token,
+            "/provision?dry_run=true",
+            &json!({"name": "maybe", "provider": "failing", "variables": {"reason": "r", "motto": "nope"}}),
+        )
+        .await;
     let problem = assert_problem(response, 422, "plan_failed").await;
-    assert!(
-        problem["detail"]
-            .as_str()
-            .unwrap()
-            .contains("machine_count must be a whole number from 1 to 50"),
-        "{problem}"
-    );
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(detail.contains("motto must start with \"ok\""), "{problem}");
 }
 
 #[tokio::test]
@@ -283,12 +292,37 @@ async fn provision_validates_everything_before_anything_runs() {
             vec!["variables.reason"],
         ),
         (json!({"provider": "local"}), vec!["name"]),
+        // The module's own `validation` blocks, evaluated before anything is queued.
+        (
+            json!({"name": "ok", "provider": "local", "variables": {"memory_mb": 32}}),
+            vec!["variables.memory_mb"],
+        ),
+        (
+            json!({"name": "ok", "provider": "local", "variables": {"machine_count": 5, "boot_delay_seconds": 601}}),
+            vec!["variables.boot_delay_seconds"],
+        ),
         (json!({"name": "ok", "provider": "local", "extra": true}), vec!["extra"]),
     ];
     for (body, fields) in cases {
         let response = app.post_as(&token, "/provision", &body).await;
         let problem = assert_problem(response, 422, "validation_failed").await;
         assert_eq!(error_fields(&problem), fields, "for {body}");
+    }
+    // Counts a module refuses: zero, negative, fractional, too many, too large for any integer.
+    for count in
+        [json!(0), json!(-1), json!(3.5), json!(51), json!(1e308), json!(18446744073709551616.0)]
+    {
+        let body =
+            json!({"name": "ok", "provider": "local", "variables": {"machine_count": count}});
+        let problem = assert_problem(
+            app.post_as(&token, "/provision", &body).await,
+            422,
+            "validation_failed",
+        )
+        .await;
+        assert_eq!(error_fields(&problem), ["variables.machine_count"], "for {count}");
+        let message = problem["errors"][0]["message"].as_str().unwrap();
+        assert_eq!(message, "machine_count must be a whole number from 1 to 50.", "for {count}");
     }
     let response =
         app.post_as(&token, "/provision", &json!({"name": "ok", "provider": "../x"})).await;

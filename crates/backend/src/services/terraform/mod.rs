@@ -7,6 +7,7 @@ pub mod runner;
 pub mod service;
 pub mod types;
 pub mod ui;
+pub mod validation;
 pub mod workspace;
 
 pub use module::{Module, ModuleCatalog, Variable};

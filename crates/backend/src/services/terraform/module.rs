@@ -13,7 +13,10 @@ use hcl::{Block, Body, Expression};
 use serde_json::{Map, Value};
 use wire::FieldError;
 
-use super::types::TypeConstraint;
+use super::{
+    types::TypeConstraint,
+    validation::{Validation, Verdict},
+};
 
 /// Variables every module must declare; the backend fills them, callers may not.
 pub const CONTRACT_VARIABLES: [&str; 6] = [
@@ -51,6 +54,8 @@ pub struct Variable {
     pub description: Option<String>,
     pub sensitive: bool,
     pub nullable: bool,
+    /// Its `validation` blocks, checked when a request arrives.
+    pub validations: Vec<Validation>,
 }
 
 impl Variable {
@@ -62,6 +67,22 @@ impl Variable {
     /// The caller must give a value.
     pub fn required(&self) -> bool {
         self.default.is_none() && !self.backend_filled()
+    }
+
+    /// The module's own `validation` blocks on a value of the right type: the first that fails
+    /// answers with its `error_message`. One this backend cannot evaluate is Terraform's to
+    /// judge at plan time (logged at debug, never guessed).
+    fn check_validations(&self, value: &Value, field: &str) -> Option<FieldError> {
+        for validation in &self.validations {
+            match validation.check(&self.name, value) {
+                Verdict::Holds => {}
+                Verdict::Fails => return Some(FieldError::new(field, &validation.error_message)),
+                Verdict::LeftToTerraform(why) => {
+                    tracing::debug!(variable = %self.name, %why, "validation left to terraform");
+                }
+            }
+        }
+        None
     }
 }
 
@@ -258,8 +279,12 @@ impl Module {
                 Some(variable) => {
                     if value.is_null() && !variable.nullable {
                         errors.push(FieldError::new(field, "must not be null"));
-                    } else {
-                        variable.ty.check(value, &field, &mut errors);
+                        continue;
+                    }
+                    let before = errors.len();
+                    variable.ty.check(value, &field, &mut errors);
+                    if errors.len() == before {
+                        errors.extend(variable.check_validations(value, &field));
                     }
                 }
             }
@@ -299,6 +324,18 @@ fn parse_variable(name: String, block: &Block) -> anyhow::Result<Variable> {
         description: string_attribute(block, "description"),
         sensitive: bool_attribute(block, "sensitive").unwrap_or(false),
         nullable: bool_attribute(block, "nullable").unwrap_or(true),
+        validations: block
+            .body()
+            .blocks()
+            .filter(|inner| inner.identifier() == "validation")
+            .filter_map(|inner| {
+                Some(Validation {
+                    condition: attribute(inner, "condition")?.clone(),
+                    error_message: string_attribute(inner, "error_message")
+                        .unwrap_or_else(|| "fails the module's validation".to_owned()),
+                })
+            })
+            .collect(),
     })
 }
 
@@ -437,11 +474,58 @@ variable "agent_download_url" { type = string }
 /// The repository's own `terraform/` folder, as the server loads it by default.
 #[cfg(test)]
 mod repository_modules {
+    use serde_json::json;
+
     use super::*;
 
     fn catalog() -> ModuleCatalog {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../terraform");
         ModuleCatalog::load(&root).expect("the repository's modules load")
+    }
+
+    /// Every `validation` of the repository's modules is one the backend evaluates (none is
+    /// left to Terraform), its default passes it, and the classic bad values are refused with
+    /// the module's message before anything is queued.
+    #[test]
+    fn the_modules_validations_are_evaluated_here_and_refuse_bad_values_with_their_message() {
+        let catalog = catalog();
+        let mut evaluated = 0;
+        for module in catalog.modules() {
+            for variable in module.variables.values() {
+                for validation in &variable.validations {
+                    let Some(default) = &variable.default else { continue };
+                    let verdict = validation.check(&variable.name, default);
+                    assert_eq!(verdict, Verdict::Holds, "{}.{}", module.name, variable.name);
+                    evaluated += 1;
+                }
+            }
+        }
+        assert!(evaluated >= 40, "only {evaluated} conditions with defaults");
+        let local = catalog.get("local").unwrap();
+        for bad in [
+            json!(0),
+            json!(-1),
+            json!(3.5),
+            json!(51),
+            json!(1e308),
+            json!(18446744073709551615u64),
+        ] {
+            let errors =
+                local.validate_variables(&Map::from_iter([("machine_count".into(), bad.clone())]));
+            assert_eq!(errors.len(), 1, "{bad}: {errors:?}");
+            assert_eq!(errors[0].field, "variables.machine_count");
+            assert!(
+                errors[0].message.contains("machine_count must be a whole number from 1 to 50"),
+                "{bad}: {errors:?}"
+            );
+        }
+        let aws = catalog.get("aws").unwrap();
+        let errors = aws.validate_variables(&Map::from_iter([
+            ("region".into(), json!("mars-1")),
+            ("allowed_cidrs".into(), json!(["10.0.0.0/8", "everywhere"])),
+        ]));
+        let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["variables.allowed_cidrs", "variables.region"], "{errors:?}");
     }
 
     #[test]
