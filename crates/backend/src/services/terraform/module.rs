@@ -73,6 +73,9 @@ impl Variable {
     /// answers with its `error_message`. One this backend cannot evaluate is Terraform's to
     /// judge at plan time (logged at debug, never guessed).
     fn check_validations(&self, value: &Value, field: &str) -> Option<FieldError> {
+        if !self.ty.passes_values_unchanged() {
+            return None;
+        }
         for validation in &self.validations {
             match validation.check(&self.name, value) {
                 Verdict::Holds => {}
@@ -519,6 +522,11 @@ mod repository_modules {
                 "{bad}: {errors:?}"
             );
         }
+        // A set or an object is converted by Terraform before its conditions see it (duplicates
+        // go, optional attributes appear): those conditions stay Terraform's.
+        let mut converted = local.variables["machine_count"].clone();
+        converted.ty = TypeConstraint::Set(Box::new(TypeConstraint::Number));
+        assert!(converted.check_validations(&json!([0]), "v").is_none());
         let aws = catalog.get("aws").unwrap();
         let errors = aws.validate_variables(&Map::from_iter([
             ("region".into(), json!("mars-1")),

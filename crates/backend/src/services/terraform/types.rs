@@ -84,6 +84,18 @@ impl TypeConstraint {
     }
 
     /// Checks `value` against this type, pushing one error per mismatch at `path`.
+    /// Whether a value that passed [`check`](Self::check) reaches Terraform's conditions
+    /// unchanged: a set is deduplicated and an object gets its optional attributes filled in
+    /// first, which the backend does not reproduce, so their conditions stay Terraform's.
+    pub fn passes_values_unchanged(&self) -> bool {
+        match self {
+            Self::Any | Self::String | Self::Number | Self::Bool => true,
+            Self::List(item) | Self::Map(item) => item.passes_values_unchanged(),
+            Self::Tuple(types) => types.iter().all(Self::passes_values_unchanged),
+            Self::Set(_) | Self::Object(_) => false,
+        }
+    }
+
     pub fn check(&self, value: &Value, path: &str, errors: &mut Vec<FieldError>) {
         let mismatch = |errors: &mut Vec<FieldError>| {
             errors
