@@ -87,6 +87,14 @@ pub(crate) enum Command {
         #[arg(long)]
         detach: bool,
     },
+    /// Run a failed deployment's last apply again, keeping what it made, and follow it.
+    Retry {
+        /// A deployment's name or id.
+        deployment: String,
+        /// Return once the retry is queued instead of following it.
+        #[arg(long)]
+        detach: bool,
+    },
     /// Run a command on a deployment's machines and print each machine's result.
     Run(Run),
     /// Show a run's log (the latest run by default).

@@ -279,6 +279,12 @@ impl Api {
             .await
     }
 
+    /// `POST /infrastructure/{id}/retry`: a failed deployment's last apply, queued again.
+    pub(crate) async fn retry(&self, id: Uuid) -> anyhow::Result<ProvisionResponse> {
+        let path = format!("infrastructure/{id}/retry");
+        self.authed(Method::POST, &path, Some(&json!({})), CALL_TIMEOUT).await
+    }
+
     pub(crate) async fn runs(&self, id: Uuid) -> anyhow::Result<RunPage> {
         self.authed(
             Method::GET,

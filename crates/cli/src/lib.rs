@@ -20,8 +20,8 @@ use crate::{
     client::Api,
     output::{Progress, or_dash},
     verbs::{
-        cancel, command, commands, deploy, destroy, list, login, logs, providers, resolve, runs,
-        show_deployment, signup,
+        cancel, command, commands, deploy, destroy, list, login, logs, providers, resolve, retry,
+        runs, show_deployment, signup,
     },
 };
 
@@ -95,6 +95,7 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Destroy { deployment, yes, detach } => {
             destroy(&cx, &deployment, yes, detach).await
         }
+        Command::Retry { deployment, detach } => retry(&cx, &deployment, detach).await,
         Command::Run(request) => command(&cx, request).await,
         Command::Logs { deployment, run, follow } => logs(&cx, &deployment, run, follow).await,
         Command::Runs { deployment } => runs(&cx, &deployment).await,

@@ -34,7 +34,7 @@ use crate::{
         deployments::{DeploymentService, ProvisionRequest},
         events::EventBus,
     },
-    store::{DeploymentQuery, RunEventRow},
+    store::{DeploymentQuery, DeploymentRow, RunEventRow, RunRow},
 };
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
@@ -43,6 +43,7 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(provision))
         .routes(routes!(list_deployments))
         .routes(routes!(get_deployment, destroy_deployment))
+        .routes(routes!(retry_deployment))
         .routes(routes!(list_runs))
         .routes(routes!(get_run))
         .routes(routes!(cancel_run))
@@ -173,8 +174,7 @@ async fn provision(
     }
     let key = idempotency_key(&headers)?;
     let (deployment, run, replayed) = deployments.provision(user.id, request, key).await?;
-    let body = ProvisionResponse { deployment: deployment.into(), run: run.into() };
-    let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
+    let mut response = queued(deployment, run).into_response();
     if replayed {
         response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
@@ -268,10 +268,37 @@ async fn destroy_deployment(
     Path(id): Path<Uuid>,
 ) -> Result<impl IntoResponse, ApiError> {
     let (deployment, run) = deployments.destroy(user.id, id).await?;
-    Ok((
+    Ok(queued(deployment, run))
+}
+
+/// Retry a failed deployment: runs its last apply again from the state it has.
+///
+/// What the failed apply made stays; Terraform makes what is missing and the machines go
+/// through the readiness check again. Follow the run with `GET /infrastructure/{id}/events`.
+#[utoipa::path(post, path = "/infrastructure/{id}/retry", tag = "infrastructure",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Deployment id")),
+    responses(
+        (status = 202, description = "The apply is queued again", body = ProvisionResponse),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such deployment of yours", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`conflict`: the deployment is not `failed`, its last run was a destroy, or another run was queued first", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn retry_deployment(
+    State(deployments): State<Arc<DeploymentService>>,
+    user: AuthUser,
+    Path(id): Path<Uuid>,
+) -> Result<impl IntoResponse, ApiError> {
+    let (deployment, run) = deployments.retry(user.id, id).await?;
+    Ok(queued(deployment, run))
+}
+
+/// `202 {deployment, run}`: a run was queued.
+fn queued(deployment: DeploymentRow, run: RunRow) -> impl IntoResponse {
+    (
         StatusCode::ACCEPTED,
         Json(ProvisionResponse { deployment: deployment.into(), run: run.into() }),
-    ))
+    )
 }
 
 /// A deployment's runs, newest first.

@@ -217,23 +217,35 @@ impl Store {
     /// Queues `run` (a destroy) and moves the deployment to `destroying`, in one transaction.
     /// `Ok(false)` when the table does not let its state move to `destroying`; a run already queued or
     /// running is `Conflict("runs_one_active_per_deployment")`.
-    #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %run.deployment_id))]
     pub async fn queue_destroy(&self, run: &RunRow, now: DateTime<Utc>) -> StoreResult<bool> {
-        let from = DeploymentStatus::sources(DeploymentStatus::Destroying);
+        let to = DeploymentStatus::Destroying;
+        self.queue_run_and_move(run, &DeploymentStatus::sources(to), to, now).await
+    }
+
+    /// Queues `run` and moves the deployment from one of `from` to `to`, in one transaction.
+    /// `Ok(false)` when the deployment is in none of `from`; a run already queued or running is
+    /// `Conflict("runs_one_active_per_deployment")`; a move the table does not allow is refused
+    /// before anything is written.
+    #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %run.deployment_id, to = %to))]
+    pub async fn queue_run_and_move(
+        &self,
+        run: &RunRow,
+        from: &[DeploymentStatus],
+        to: DeploymentStatus,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        DeploymentStatus::check(from, to)?;
         let sql = format!(
             "UPDATE deployments SET status = $1, status_reason = NULL, updated_at = $2 \
              WHERE id = $3 AND status IN ({})",
-            DeploymentStatus::sql_list(&from)
+            DeploymentStatus::sql_list(from)
         );
         on_db!(self, |pool| async {
             let mut tx = pool.begin().await?;
             // The insert comes first: the one-active-run index refuses it while a run is active,
             // before the deployment's status is touched.
             super::runs::insert_run_query!(run).execute(&mut *tx).await?;
-            let query = sqlx::query(&sql)
-                .bind(DeploymentStatus::Destroying.as_str())
-                .bind(now)
-                .bind(run.deployment_id);
+            let query = sqlx::query(&sql).bind(to.as_str()).bind(now).bind(run.deployment_id);
             if query.execute(&mut *tx).await?.rows_affected() == 0 {
                 tx.rollback().await?;
                 return Ok(false);

@@ -250,3 +250,34 @@ async fn a_deployment_has_at_most_one_active_run() {
         assert_eq!(status_of(&store, id).await, DeploymentStatus::Destroying);
     }
 }
+
+#[tokio::test]
+async fn a_retry_moves_only_a_failed_deployment_and_queues_its_run_with_the_move() {
+    use DeploymentStatus::{Failed, Provisioning, Ready};
+    for (store, _guard) in stores().await {
+        // Asked to move along a row the table lacks: refused before anything is written.
+        let (ready, _) = deployment_with_run(&store, Ready, RunStatus::Succeeded).await;
+        let run = RunRow::queued(ready, RunKind::Apply, 0, now());
+        let refused = store.queue_run_and_move(&run, &[Ready], Provisioning, now()).await;
+        assert!(matches!(refused, Err(StoreError::IllegalMove(_))), "{refused:?}");
+        assert!(store.find_run(ready, run.id).await.unwrap().is_none(), "no run was queued");
+        // A deployment that is not failed (any more) does not move, and its run is not kept.
+        let moved = store.queue_run_and_move(&run, &[Failed], Provisioning, now()).await;
+        assert!(!moved.unwrap());
+        assert_eq!(status_of(&store, ready).await, Ready);
+        assert!(store.find_run(ready, run.id).await.unwrap().is_none(), "the insert rolled back");
+
+        let (failed, _) = deployment_with_run(&store, Failed, RunStatus::Failed).await;
+        let retry = RunRow::queued(failed, RunKind::Apply, 0, now());
+        assert!(store.queue_run_and_move(&retry, &[Failed], Provisioning, now()).await.unwrap());
+        assert_eq!(status_of(&store, failed).await, Provisioning);
+        assert_eq!(run_status_of(&store, &retry).await, RunStatus::Queued);
+        // A second retry meets the first one's active run.
+        let again = RunRow::queued(failed, RunKind::Apply, 0, now());
+        let refused = store.queue_run_and_move(&again, &[Provisioning], Provisioning, now()).await;
+        assert!(
+            matches!(refused, Err(StoreError::Conflict("runs_one_active_per_deployment"))),
+            "{refused:?}"
+        );
+    }
+}

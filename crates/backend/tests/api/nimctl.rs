@@ -217,6 +217,24 @@ async fn nimctl_refreshes_an_expiring_session_and_exits_non_zero_when_a_deployme
         .fails_with("refusing to boot: no disk today");
     assert!(failed.stdout.contains("status:    failed"), "{}", failed.stdout);
 
+    // A failed apply is retried, followed to its end, and keeps what it made.
+    user.nimctl(&["deploy", "twice", "-p", "flaky", "--count", "1"])
+        .await
+        .fails_with("failing once on purpose");
+    // The failed deployment keeps its name, and `deploy` says how to free it.
+    user.nimctl(&["deploy", "twice", "-p", "flaky", "--count", "1"])
+        .await
+        .fails_with("(`nimctl retry");
+    let retried = user.nimctl(&["retry", "twice"]).await.ok();
+    assert!(retried.stderr.contains("==> retrying the apply of twice"), "{}", retried.stderr);
+    assert!(retried.stdout.contains("status:    ready"), "{}", retried.stdout);
+    assert!(
+        retried.stdout.contains("flaky-0") || retried.stdout.contains("local-0"),
+        "{}",
+        retried.stdout
+    );
+    user.nimctl(&["retry", "twice"]).await.fails_with("only a failed deployment can be retried");
+
     // A bad --server is a usage problem reported as such.
     let ran = user.nimctl(&["--server", "ftp://example.com", "whoami"]).await;
     assert_eq!(ran.code, 1);

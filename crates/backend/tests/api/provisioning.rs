@@ -13,8 +13,9 @@ use wire::{
 };
 
 use crate::helpers::{
-    agent_answers, agents, app, assert_no_trace, assert_problem, error_fields, json_ok,
-    machines_of, provision, read_events_until_finished, wait_for, wait_for_apply, wait_for_status,
+    agent_answers, agents, app, assert_no_trace, assert_problem, error_fields, every_machine,
+    json_ok, machines_of, provision, read_events_until_finished, run_kinds, wait_for,
+    wait_for_apply, wait_for_status,
 };
 
 #[tokio::test]
@@ -77,16 +78,10 @@ async fn three_local_machines_become_ready_and_destroy_removes_them() {
     let again = app.delete_as(&token, &format!("/infrastructure/{id}")).await;
     assert_problem(again, 409, "conflict").await;
 
-    let runs = json_ok(app.get(&format!("/infrastructure/{id}/runs"), Some(&token)).await).await;
-    let kinds: Vec<_> = runs["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| (r["kind"].clone(), r["status"].clone()))
-        .collect();
+    let kinds = run_kinds(&app, &token, &id).await;
     assert_eq!(
         kinds,
-        [(json!("destroy"), json!("succeeded")), (json!("apply"), json!("succeeded"))]
+        [(RunKind::Destroy, RunStatus::Succeeded), (RunKind::Apply, RunStatus::Succeeded)]
     );
 }
 
@@ -328,7 +323,7 @@ async fn provision_validates_everything_before_anything_runs() {
         app.post_as(&token, "/provision", &json!({"name": "ok", "provider": "../x"})).await;
     let problem = assert_problem(response, 422, "validation_failed").await;
     let message = problem["errors"][0]["message"].as_str().unwrap();
-    assert!(message.contains("valid providers: envdump, failing, local"), "{message}");
+    assert!(message.contains("valid providers: envdump, failing, flaky, local"), "{message}");
 
     let unauthenticated =
         app.post_json("/provision", &json!({"name": "ok", "provider": "local"})).await;
@@ -410,6 +405,8 @@ async fn another_users_deployment_is_404_everywhere() {
         .post_as(&other, &format!("/infrastructure/{id}/runs/{run_id}/cancel"), &json!({}))
         .await;
     assert_problem(cancel, 404, "not_found").await;
+    let retry = app.post_as(&other, &format!("/infrastructure/{id}/retry"), &json!({})).await;
+    assert_problem(retry, 404, "not_found").await;
     assert_eq!(json_ok(app.get("/infrastructure", Some(&other)).await).await["items"], json!([]));
     // A malformed id is simply not found.
     assert_problem(app.get("/infrastructure/not-a-uuid", Some(&owner)).await, 404, "not_found")
@@ -511,16 +508,10 @@ async fn a_backend_killed_mid_destroy_finishes_it_after_restart_and_leaves_nothi
     let destroyed = wait_for_status(&second, &token, &id, DeploymentStatus::Destroyed).await;
     assert!(machines_of(&destroyed).is_empty(), "{destroyed:#?}");
     // The destroy was cut short and run again to its end.
-    let runs = json_ok(second.get(&format!("/infrastructure/{id}/runs"), Some(&token)).await).await;
-    let runs: Vec<_> = runs["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| (r["kind"].clone(), r["status"].clone()))
-        .collect();
+    let runs = run_kinds(&second, &token, &id).await;
     assert_eq!(
         runs[..2],
-        [(json!("destroy"), json!("succeeded")), (json!("destroy"), json!("interrupted"))],
+        [(RunKind::Destroy, RunStatus::Succeeded), (RunKind::Destroy, RunStatus::Interrupted)],
         "{runs:?}"
     );
     assert!(agents(&second).is_empty(), "agents left: {:?}", agents(&second));
@@ -611,4 +602,59 @@ async fn a_run_over_its_time_limit_is_stopped_and_fails_the_deployment() {
     app.delete_as(&token, &format!("/infrastructure/{id}")).await;
     wait_for_status(&app, &token, id, DeploymentStatus::Destroyed).await;
     assert!(agents(&app).is_empty());
+}
+
+#[tokio::test]
+async fn a_retry_runs_a_failed_apply_again_keeping_what_it_made() {
+    let app = app().provisioning().spawn().await;
+    let token = app.token("retry@example.com").await;
+    let body = json!({"name": "again", "provider": "flaky", "variables": {"machine_count": 2}});
+    let created = provision(&app, &token, body).await;
+    let id = created["deployment"]["id"].as_str().unwrap().to_owned();
+    let failed = wait_for_status(&app, &token, &id, DeploymentStatus::Failed).await;
+    let reason = failed.status_reason.as_deref().unwrap();
+    assert!(reason.contains("failing once on purpose"), "{reason}");
+    // The failed apply made both machines before it failed.
+    let mut made = agents(&app);
+    made.sort_unstable();
+    assert_eq!(made.len(), 2, "agents after the failed apply: {made:?}");
+
+    // Nothing to retry while another user asks, or without a token.
+    let path = format!("/infrastructure/{id}/retry");
+    assert_problem(app.post_json(&path, &json!({})).await, 401, "no_authorization").await;
+
+    let response = app.post_as(&token, &path, &json!({})).await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let queued: Value = response.json().await.unwrap();
+    assert_eq!(queued["run"]["kind"], "apply");
+    assert_eq!(queued["run"]["status"], "queued");
+    assert_eq!(queued["deployment"]["status"], "provisioning");
+    assert!(queued["deployment"]["status_reason"].is_null(), "{queued:#}");
+    // A second retry while the first is queued or running is a conflict, not a second run.
+    assert_problem(app.post_as(&token, &path, &json!({})).await, 409, "conflict").await;
+
+    let ready = wait_for_status(&app, &token, &id, DeploymentStatus::Ready).await;
+    assert_eq!(machines_of(&ready).len(), 2);
+    assert!(every_machine(&ready, MachineStatus::Healthy), "{ready:#?}");
+    // What the failed apply made was kept: the same agent processes, none added.
+    let mut after = agents(&app);
+    after.sort_unstable();
+    assert_eq!(after, made, "the retry replaced or added machines");
+    let runs = run_kinds(&app, &token, &id).await;
+    assert_eq!(
+        runs,
+        [(RunKind::Apply, RunStatus::Succeeded), (RunKind::Apply, RunStatus::Failed)],
+        "{runs:?}"
+    );
+
+    // Only a failed deployment is retried.
+    let problem =
+        assert_problem(app.post_as(&token, &path, &json!({})).await, 409, "conflict").await;
+    assert!(problem["detail"].as_str().unwrap().contains("only a failed deployment"), "{problem}");
+    app.delete_as(&token, &format!("/infrastructure/{id}")).await;
+    wait_for_status(&app, &token, &id, DeploymentStatus::Destroyed).await;
+    assert_problem(app.post_as(&token, &path, &json!({})).await, 409, "conflict").await;
+    assert!(agents(&app).is_empty());
+    let missing = format!("/infrastructure/{}/retry", uuid::Uuid::new_v4());
+    assert_problem(app.post_as(&token, &missing, &json!({})).await, 404, "not_found").await;
 }

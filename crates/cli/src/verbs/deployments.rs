@@ -7,7 +7,7 @@ use anyhow::Context;
 use uuid::Uuid;
 use wire::{
     InfoResponse,
-    deployments::{DeploymentView, ProvisionBody},
+    deployments::{DeploymentView, ProvisionBody, ProvisionResponse},
     status::DeploymentStatus,
 };
 
@@ -76,9 +76,14 @@ pub(crate) async fn deploy(cx: &Ctx, deploy: Deploy) -> anyhow::Result<Outcome> 
         let page = cx.api.deployments(Some(&deploy.name), None, 100).await?;
         let existing = page.items.iter().find(|d| d.status != DeploymentStatus::Destroyed);
         if let Some(existing) = existing {
+            // A failed one keeps its name until it is retried or destroyed.
+            let retry = match existing.status {
+                DeploymentStatus::Failed => format!("retry it (`nimctl retry {}`), ", existing.id),
+                _ => String::new(),
+            };
             anyhow::bail!(
-                "you already have a deployment named `{}` ({}, {}); destroy it, pick another \
-                 name, or pass --allow-duplicate-name",
+                "you already have a deployment named `{}` ({}, {}); {retry}destroy it, pick \
+                 another name, or pass --allow-duplicate-name",
                 existing.name,
                 existing.id,
                 existing.status
@@ -123,14 +128,7 @@ pub(crate) async fn deploy(cx: &Ctx, deploy: Deploy) -> anyhow::Result<Outcome> 
     } else {
         cx.progress.say(format!("==> {} ({id}) queued on {}", body.name, body.provider));
     }
-    if deploy.detach {
-        match cx.output {
-            Output::Json => output::json(&response)?,
-            Output::Table => println!("{id}"),
-        }
-        return Ok(Outcome::Success);
-    }
-    follow_to_end(cx, id, response.run.id).await
+    queued(cx, id, &response, deploy.detach).await
 }
 
 pub(crate) async fn list(
@@ -271,9 +269,27 @@ pub(crate) async fn destroy(
     }
     let response = cx.api.destroy(id).await?;
     cx.progress.say(format!("==> destroying {} ({id})", view.name));
+    queued(cx, id, &response, detach).await
+}
+
+/// Queues a failed deployment's last apply again and follows it to the machines table.
+pub(crate) async fn retry(cx: &Ctx, reference: &str, detach: bool) -> anyhow::Result<Outcome> {
+    let id = resolve(&cx.api, reference).await?;
+    let response = cx.api.retry(id).await?;
+    cx.progress.say(format!("==> retrying the apply of {} ({id})", response.deployment.name));
+    queued(cx, id, &response, detach).await
+}
+
+/// A run was queued: prints it and returns (`detach`), or follows it to its end.
+async fn queued(
+    cx: &Ctx,
+    id: Uuid,
+    response: &ProvisionResponse,
+    detach: bool,
+) -> anyhow::Result<Outcome> {
     if detach {
         match cx.output {
-            Output::Json => output::json(&response)?,
+            Output::Json => output::json(response)?,
             Output::Table => println!("{id}"),
         }
         return Ok(Outcome::Success);

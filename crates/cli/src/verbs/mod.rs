@@ -7,5 +7,5 @@ mod runs;
 
 pub(crate) use account::{login, signup};
 pub(crate) use commands::{command, commands};
-pub(crate) use deployments::{deploy, destroy, list, providers, resolve, show_deployment};
+pub(crate) use deployments::{deploy, destroy, list, providers, resolve, retry, show_deployment};
 pub(crate) use runs::{cancel, logs, runs};

@@ -25,7 +25,7 @@ use super::{
     terraform::{ModuleCatalog, TerraformService},
 };
 use crate::{
-    domain::RunKind,
+    domain::{DeploymentStatus, RunKind},
     secrets::SecretBox,
     store::{
         DeploymentDetail, DeploymentQuery, DeploymentRow, DeploymentSummary, MachineRow,
@@ -210,6 +210,49 @@ impl DeploymentService {
             }
             Err(err) => return Err(err.into()),
         }
+        self.work_queued.notify_one();
+        let deployment = self.deployment(owner_id, id).await?;
+        Ok((deployment, run))
+    }
+
+    /// Runs a failed deployment's last apply again from the state it has: what exists stays,
+    /// Terraform makes what is missing, and the machines go through the readiness check again.
+    /// The deployment is `provisioning` from here on (the table's `failed → provisioning`).
+    #[tracing::instrument(skip_all, fields(deployment_id = %id))]
+    pub async fn retry(
+        &self,
+        owner_id: Uuid,
+        id: Uuid,
+    ) -> Result<(DeploymentRow, RunRow), DeploymentError> {
+        let deployment = self.deployment(owner_id, id).await?;
+        if deployment.status != DeploymentStatus::Failed {
+            return Err(DeploymentError::Conflict(format!(
+                "the deployment is {}; only a failed deployment can be retried",
+                deployment.status
+            )));
+        }
+        let last = self.store.list_runs(id, None, 1).await?.pop();
+        if let Some(last) = last.filter(|run| run.kind != RunKind::Apply) {
+            return Err(DeploymentError::Conflict(format!(
+                "its last run was a {}; destroy it again instead of retrying",
+                last.kind
+            )));
+        }
+        let now = crate::domain::now();
+        let run = RunRow::queued(id, RunKind::Apply, 0, now);
+        let from = [DeploymentStatus::Failed];
+        match self.store.queue_run_and_move(&run, &from, DeploymentStatus::Provisioning, now).await
+        {
+            Ok(true) => {}
+            // Another request moved it first (a destroy, another retry).
+            Ok(false) | Err(StoreError::Conflict("runs_one_active_per_deployment")) => {
+                return Err(DeploymentError::Conflict(
+                    "another run of this deployment was queued first; see its runs".into(),
+                ));
+            }
+            Err(err) => return Err(err.into()),
+        }
+        tracing::info!(run_id = %run.id, "retry queued");
         self.work_queued.notify_one();
         let deployment = self.deployment(owner_id, id).await?;
         Ok((deployment, run))

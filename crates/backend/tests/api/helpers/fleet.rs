@@ -6,7 +6,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::Value;
 use wire::{
-    deployments::{DeploymentView, MachineView},
+    deployments::{DeploymentView, MachineView, RunPage},
     status::{DeploymentStatus, MachineStatus, RunKind, RunStatus},
 };
 
@@ -73,6 +73,14 @@ pub async fn wait_for_apply(
         })
     })
     .await
+}
+
+/// `GET /infrastructure/{id}/runs`: each run's kind and status, newest first.
+pub async fn run_kinds(app: &TestApp, token: &str, id: &str) -> Vec<(RunKind, RunStatus)> {
+    let body = json_ok(app.get(&format!("/infrastructure/{id}/runs"), Some(token)).await).await;
+    let page: RunPage = serde_json::from_value(body.clone())
+        .unwrap_or_else(|err| panic!("not a page of runs ({err}): {body:#}"));
+    page.items.iter().map(|run| (run.kind, run.status)).collect()
 }
 
 pub async fn wait_for_status(

@@ -512,6 +512,10 @@ pub fn modules_dir(into: &Path) -> PathBuf {
     copy_dir(&repo, &root.join("local"));
     // terraform/local boots its machines with the clouds' shared bootstrap.
     copy_dir(&repo.join("../shared"), &root.join("shared"));
+    // `flaky`: terraform/local whose first apply of each deployment fails (a retry succeeds).
+    copy_dir(&repo, &root.join("flaky"));
+    let once = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/flaky/once.tf");
+    std::fs::copy(once, root.join("flaky/once.tf")).expect("flaky fixture");
     for entry in std::fs::read_dir(fixtures).expect("fixtures") {
         let entry = entry.expect("fixture");
         let target = root.join(entry.file_name());
