@@ -80,6 +80,10 @@ impl Variable {
             match validation.check(&self.name, value) {
                 Verdict::Holds => {}
                 Verdict::Fails => return Some(FieldError::new(field, &validation.error_message)),
+                // The reason may quote the value: never for a sensitive variable.
+                Verdict::LeftToTerraform(_) if self.sensitive => {
+                    tracing::debug!(variable = %self.name, "validation left to terraform");
+                }
                 Verdict::LeftToTerraform(why) => {
                     tracing::debug!(variable = %self.name, %why, "validation left to terraform");
                 }
