@@ -1,9 +1,10 @@
 output "machines" {
-  description = "Every machine: name, public and private IPv4 address."
-  value = [for m in aws_instance.machine : {
+  description = "Every machine: name, public and private IPv4 address, and its resource address (what a replace replaces)."
+  value = [for i, m in aws_instance.machine : {
     name       = m.tags["Name"]
     public_ip  = m.public_ip
     private_ip = m.private_ip
+    resource   = "aws_instance.machine[${i}]"
   }]
 }
 

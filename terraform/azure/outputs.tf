@@ -1,9 +1,10 @@
 output "machines" {
-  description = "Every machine: name, public and private IPv4 address."
+  description = "Every machine: name, public and private IPv4 address, and its resource address (what a replace replaces: the VM and its OS disk; its address and NIC stay)."
   value = [for i, vm in azurerm_linux_virtual_machine.machine : {
     name       = vm.name
     public_ip  = azurerm_public_ip.machine[i].ip_address
     private_ip = vm.private_ip_address
+    resource   = "azurerm_linux_virtual_machine.machine[${i}]"
   }]
 }
 

@@ -1,9 +1,10 @@
 output "machines" {
-  description = "Every machine: name, public and private IPv4 address."
-  value = [for m in google_compute_instance.machine : {
+  description = "Every machine: name, public and private IPv4 address, and its resource address (what a replace replaces)."
+  value = [for i, m in google_compute_instance.machine : {
     name       = m.name
     public_ip  = m.network_interface[0].access_config[0].nat_ip
     private_ip = m.network_interface[0].network_ip
+    resource   = "google_compute_instance.machine[${i}]"
   }]
 }
 

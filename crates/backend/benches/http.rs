@@ -522,9 +522,10 @@ impl Backend {
                     public_ip: Some("127.0.0.1".into()),
                     private_ip: Some("127.0.0.1".into()),
                     agent_port: Some(9),
+                    resource: Some(format!("terraform_data.machine[{m}]")),
                 })
                 .collect();
-            store.replace_machines(id, &machines, now).await?;
+            store.sync_machines(id, &machines, &[], now).await?;
             if by_id.len() < 1_000 {
                 by_id.push((format!("/infrastructure/{id}"), token.clone()));
             }

@@ -1,6 +1,8 @@
 //! What `/providers`, `/provision` and `/infrastructure/*` answer: deployments, their machines,
 //! runs and run events. The backend builds these from its rows; `nimctl` reads them back.
 
+use std::fmt;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, value::RawValue};
@@ -133,6 +135,9 @@ pub struct MachineView {
     pub public_ip: Option<String>,
     pub private_ip: Option<String>,
     pub agent_port: Option<i64>,
+    /// Its Terraform resource address (what `…/machines/{name}/replace` replaces).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
     pub status: MachineStatus,
     pub last_seen_at: Option<DateTime<Utc>>,
     /// The agent's `/v1/info` at its last health check.
@@ -140,7 +145,7 @@ pub struct MachineView {
     pub info: Option<Value>,
 }
 
-/// A Terraform run (`apply` or `destroy`) of a deployment.
+/// A Terraform run (`apply`, `update`, `replace` or `destroy`) of a deployment.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RunView {
@@ -156,6 +161,81 @@ pub struct RunView {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub cancel_requested_at: Option<DateTime<Utc>>,
+    /// What the run applies: absent on a destroy, and on runs recorded before runs kept it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<RunInputs>,
+}
+
+/// What an applying run applies, recorded when it is queued.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RunInputs {
+    /// Every variable the caller set (a variable not listed has the module's default), sensitive
+    /// ones as [`REDACTED`].
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub variables: Map<String, Value>,
+    /// What differs from the variables before this run, by name (for the first apply: every
+    /// variable set).
+    #[serde(default)]
+    pub changes: Vec<VariableChange>,
+    /// The machine a `replace` run destroys and creates again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replace: Option<ReplaceTarget>,
+}
+
+/// What stands for a sensitive variable's value wherever a value would be shown.
+pub const REDACTED: &str = "(sensitive)";
+
+/// One variable a run changed. `null` on either side is the module's default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct VariableChange {
+    pub name: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub from: Option<Value>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub to: Option<Value>,
+}
+
+impl fmt::Display for VariableChange {
+    /// `machine_count: 2 → 5`, `default` for a side that is the module's default.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let side = |value: &Option<Value>| match value {
+            None | Some(Value::Null) => "default".to_owned(),
+            Some(Value::String(text)) => text.clone(),
+            Some(other) => other.to_string(),
+        };
+        write!(f, "{}: {} → {}", self.name, side(&self.from), side(&self.to))
+    }
+}
+
+/// A machine to replace, and its resource in the module (the `resource` of its entry in the
+/// module's `machines` output).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ReplaceTarget {
+    pub machine: String,
+    pub resource: String,
+}
+
+/// `PATCH /infrastructure/{id}`: new values merged over the deployment's variables.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct UpdateBody {
+    /// Values for the module's variables; `null` resets one to the module's default. Variables
+    /// not named keep their values.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object, example = json!({"machine_count": 5})))]
+    pub variables: Map<String, Value>,
+}
+
+/// What `PATCH /infrastructure/{id}` answers: the deployment and the update it queued, or no
+/// run (200) when the values given are the ones it has.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct UpdateResponse {
+    pub deployment: DeploymentView,
+    pub run: Option<RunView>,
 }
 
 /// Resources done out of those the plan touches.

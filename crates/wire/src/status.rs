@@ -84,8 +84,21 @@ string_enum! {
 string_enum! {
     /// What a run does.
     RunKind {
+        /// The first apply of a deployment (and a retry of a failed one).
         Apply = "apply",
+        /// An apply of changed variables (`PATCH /infrastructure/{id}`, scaling included), or a
+        /// retry of a failed update.
+        Update = "update",
+        /// An apply that destroys one machine and creates it again.
+        Replace = "replace",
         Destroy = "destroy",
+    }
+}
+
+impl RunKind {
+    /// Whether the run applies the module (every kind but `destroy`).
+    pub fn applies(self) -> bool {
+        self != Self::Destroy
     }
 }
 

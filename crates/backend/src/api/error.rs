@@ -216,6 +216,7 @@ impl From<DeploymentError> for ApiError {
         match err {
             DeploymentError::Validation(errors) => Self::validation(errors),
             DeploymentError::NotFound => Self::not_found("no such deployment or run"),
+            DeploymentError::MachineNotFound(_) => Self::not_found(detail),
             DeploymentError::Conflict(detail) => Self::Conflict { code: "conflict", detail },
             DeploymentError::IdempotencyMismatch => {
                 Self::Validation { code: "idempotency_key_reused", detail, errors: Vec::new() }

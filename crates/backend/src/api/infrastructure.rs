@@ -22,7 +22,8 @@ use wire::{
     Problem,
     deployments::{
         DeploymentPage, DeploymentView, MachineView, PlanSummary, ProviderView, ProvidersResponse,
-        ProvisionBody, ProvisionResponse, RunDetail, RunPage, RunView, VariableView,
+        ProvisionBody, ProvisionResponse, RunDetail, RunPage, RunView, UpdateBody, UpdateResponse,
+        VariableView,
     },
 };
 
@@ -42,8 +43,9 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_providers))
         .routes(routes!(provision))
         .routes(routes!(list_deployments))
-        .routes(routes!(get_deployment, destroy_deployment))
+        .routes(routes!(get_deployment, update_deployment, destroy_deployment))
         .routes(routes!(retry_deployment))
+        .routes(routes!(replace_machine))
         .routes(routes!(list_runs))
         .routes(routes!(get_run))
         .routes(routes!(cancel_run))
@@ -271,10 +273,87 @@ async fn destroy_deployment(
     Ok(queued(deployment, run))
 }
 
+/// Change a deployment's variables (scaling is a `machine_count` change), or with
+/// `dry_run=true` plan the change.
+///
+/// The values given are merged over the deployment's (`null` resets one to the module's default)
+/// and validated like a provision's; an `update` run is queued that applies them
+/// (`ready|failed → updating → ready|failed`). On a scale, machines that stay are untouched; new
+/// ones pass the readiness check; on a scale-down the highest-numbered machines go. Values equal
+/// to the current ones answer 200 with no run. With an `Idempotency-Key`, repeating the same
+/// request returns the original run.
+#[utoipa::path(patch, path = "/infrastructure/{id}", tag = "infrastructure",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Deployment id"), ProvisionParams,
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: the same key and body return the original run")),
+    request_body = UpdateBody,
+    responses(
+        (status = 202, description = "The update is queued", body = UpdateResponse),
+        (status = 200, description = "Nothing changes (`run` is null), or, for a dry run, what would change (a `PlanSummary`)", body = UpdateResponse),
+        (status = 400, description = "Malformed JSON or `Idempotency-Key`", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such deployment of yours", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`conflict`: a run is queued or running, or it is destroyed; `local_machine_limit`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed` (variables), `idempotency_key_reused`, or `plan_failed` (dry run)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`terraform_unavailable` (dry run)", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn update_deployment(
+    State(deployments): State<Arc<DeploymentService>>,
+    State(timeouts): State<RequestTimeout>,
+    user: AuthUser,
+    Path(id): Path<Uuid>,
+    Query(params): Query<ProvisionParams>,
+    headers: HeaderMap,
+    Json(body): Json<UpdateBody>,
+) -> Result<Response, ApiError> {
+    if params.dry_run {
+        let deadline =
+            tokio::time::Instant::now() + timeouts.0.saturating_sub(Duration::from_secs(1));
+        let summary = deployments.preview_update(user.id, id, body.variables, deadline).await?;
+        return Ok(Json(summary).into_response());
+    }
+    let key = idempotency_key(&headers)?;
+    let (deployment, run, replayed) = deployments.update(user.id, id, body.variables, key).await?;
+    let status = match run {
+        Some(_) => StatusCode::ACCEPTED,
+        None => StatusCode::OK,
+    };
+    let body = UpdateResponse { deployment: deployment.into(), run: run.map(Into::into) };
+    let mut response = (status, Json(body)).into_response();
+    if replayed {
+        response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+/// Replace one machine: it is destroyed and created again, the others untouched.
+///
+/// Its resource (the `resource` of its machine) is planned with `terraform plan -replace`; the
+/// new machine passes the readiness check with a new agent. Follow the run with
+/// `GET /infrastructure/{id}/events`.
+#[utoipa::path(post, path = "/infrastructure/{id}/machines/{name}/replace", tag = "infrastructure",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Deployment id"), ("name" = String, Path, description = "Machine name")),
+    responses(
+        (status = 202, description = "The replace is queued", body = ProvisionResponse),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such deployment of yours, or no such machine in it", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`conflict`: a run is queued or running, or it is destroyed", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn replace_machine(
+    State(deployments): State<Arc<DeploymentService>>,
+    user: AuthUser,
+    Path((id, name)): Path<(Uuid, String)>,
+) -> Result<impl IntoResponse, ApiError> {
+    let (deployment, run) = deployments.replace(user.id, id, &name).await?;
+    Ok(queued(deployment, run))
+}
+
 /// Retry a failed deployment: runs its last apply again from the state it has.
 ///
 /// What the failed apply made stays; Terraform makes what is missing and the machines go
-/// through the readiness check again. Follow the run with `GET /infrastructure/{id}/events`.
+/// through the readiness check again. A failed first apply is retried as an `apply`, a failed
+/// update or replace as an `update`. Follow the run with `GET /infrastructure/{id}/events`.
 #[utoipa::path(post, path = "/infrastructure/{id}/retry", tag = "infrastructure",
     security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Deployment id")),

@@ -35,6 +35,7 @@ impl From<MachineRow> for MachineView {
             public_ip: row.public_ip,
             private_ip: row.private_ip,
             agent_port: row.agent_port,
+            resource: row.resource,
             status: row.status,
             last_seen_at: row.last_seen_at,
             info: row.info.map(|info| info.0),
@@ -56,6 +57,7 @@ impl From<RunRow> for RunView {
             started_at: row.started_at,
             finished_at: row.finished_at,
             cancel_requested_at: row.cancel_requested_at,
+            inputs: row.inputs.map(|inputs| inputs.0),
         }
     }
 }

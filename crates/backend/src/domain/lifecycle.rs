@@ -70,9 +70,12 @@ impl Lifecycle for DeploymentStatus {
             (Provisioning, Ready),
             (Provisioning, Failed),
             (Provisioning, Destroying),
-            // A failed deployment is applied again or destroyed.
+            // A failed deployment is applied again (its first apply: provisioning; a later one,
+            // or a change of its variables: updating) or destroyed.
             (Failed, Provisioning),
+            (Failed, Updating),
             (Failed, Destroying),
+            // A change (update, scale, replace) of a ready deployment.
             (Ready, Updating),
             (Ready, Destroying),
             (Updating, Updating),

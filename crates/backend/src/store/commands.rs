@@ -129,7 +129,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             for result in results {
-                // Owned binds inside the loop (see `replace_machines`).
+                // Owned binds inside the loop (see `sync_machines`).
                 sqlx::query(
                     "INSERT INTO command_results (command_id, seq, machine, address, status) \
                      VALUES ($1, $2, $3, $4, $5)",

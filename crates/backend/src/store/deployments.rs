@@ -1,7 +1,7 @@
 //! Deployments and their machines.
 
 use chrono::{DateTime, Utc};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use sqlx::types::Json;
 use uuid::Uuid;
 
@@ -41,6 +41,8 @@ pub struct MachineRow {
     pub info: Option<Json<Value>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Its Terraform resource address, from the module's `machines` output.
+    pub resource: Option<String>,
 }
 
 /// A machine as a module's `machines` output describes it.
@@ -50,6 +52,15 @@ pub struct NewMachine {
     pub public_ip: Option<String>,
     pub private_ip: Option<String>,
     pub agent_port: Option<u16>,
+    pub resource: Option<String>,
+}
+
+/// The variables an update writes with its run: the plain ones, and the sealed secrets holding
+/// the sensitive ones.
+#[derive(Debug, Clone)]
+pub struct NewValues {
+    pub variables: Json<Map<String, Value>>,
+    pub secrets: Vec<u8>,
 }
 
 impl DeploymentRow {
@@ -65,6 +76,7 @@ impl From<&MachineRow> for NewMachine {
             public_ip: row.public_ip.clone(),
             private_ip: row.private_ip.clone(),
             agent_port: row.agent_port.and_then(|p| u16::try_from(p).ok()),
+            resource: row.resource.clone(),
         }
     }
 }
@@ -73,7 +85,7 @@ const DEPLOYMENT_COLUMNS: &str = "id, owner_id, name, provider, status, status_r
     backend_variables, secrets, tls_cert, idempotency_key, request_hash, created_at, updated_at";
 
 const MACHINE_COLUMNS: &str = "id, deployment_id, name, public_ip, private_ip, agent_port, status, \
-    last_seen_at, info, created_at, updated_at";
+    last_seen_at, info, created_at, updated_at, resource";
 
 /// Filter and page of a deployment listing.
 #[derive(Debug, Clone, Default)]
@@ -219,24 +231,27 @@ impl Store {
     /// running is `Conflict("runs_one_active_per_deployment")`.
     pub async fn queue_destroy(&self, run: &RunRow, now: DateTime<Utc>) -> StoreResult<bool> {
         let to = DeploymentStatus::Destroying;
-        self.queue_run_and_move(run, &DeploymentStatus::sources(to), to, now).await
+        self.queue_run_and_move(run, &DeploymentStatus::sources(to), to, None, now).await
     }
 
-    /// Queues `run` and moves the deployment from one of `from` to `to`, in one transaction.
-    /// `Ok(false)` when the deployment is in none of `from`; a run already queued or running is
-    /// `Conflict("runs_one_active_per_deployment")`; a move the table does not allow is refused
-    /// before anything is written.
+    /// Queues `run` and moves the deployment from one of `from` to `to` (writing its new
+    /// `values`, for an update), in one transaction. `Ok(false)` when the deployment is in none
+    /// of `from`; a run already queued or running is `Conflict("runs_one_active_per_deployment")`,
+    /// a reused update key `Conflict("runs_deployment_idempotency_key")`; a move the table does
+    /// not allow is refused before anything is written.
     #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %run.deployment_id, to = %to))]
     pub async fn queue_run_and_move(
         &self,
         run: &RunRow,
         from: &[DeploymentStatus],
         to: DeploymentStatus,
+        values: Option<&NewValues>,
         now: DateTime<Utc>,
     ) -> StoreResult<bool> {
         DeploymentStatus::check(from, to)?;
         let sql = format!(
-            "UPDATE deployments SET status = $1, status_reason = NULL, updated_at = $2 \
+            "UPDATE deployments SET status = $1, status_reason = NULL, updated_at = $2, \
+             variables = COALESCE($4, variables), secrets = COALESCE($5, secrets) \
              WHERE id = $3 AND status IN ({})",
             DeploymentStatus::sql_list(from)
         );
@@ -245,7 +260,12 @@ impl Store {
             // The insert comes first: the one-active-run index refuses it while a run is active,
             // before the deployment's status is touched.
             super::runs::insert_run_query!(run).execute(&mut *tx).await?;
-            let query = sqlx::query(&sql).bind(to.as_str()).bind(now).bind(run.deployment_id);
+            let query = sqlx::query(&sql)
+                .bind(to.as_str())
+                .bind(now)
+                .bind(run.deployment_id)
+                .bind(values.map(|v| v.variables.clone()))
+                .bind(values.map(|v| v.secrets.clone()));
             if query.execute(&mut *tx).await?.rows_affected() == 0 {
                 tx.rollback().await?;
                 return Ok(false);
@@ -254,45 +274,97 @@ impl Store {
             Ok(true)
         }
         .await)
-        .map_err(|err: sqlx::Error| StoreError::classify(err, &["runs_one_active_per_deployment"]))
+        .map_err(|err: sqlx::Error| {
+            StoreError::classify(
+                err,
+                &["runs_one_active_per_deployment", "runs_deployment_idempotency_key"],
+            )
+        })
     }
 
-    /// Replaces a deployment's machines with those of its latest Terraform outputs.
+    /// Makes a deployment's machines those of its latest Terraform outputs: a machine that
+    /// stays keeps its row (health, facts, last seen) with its addresses brought up to date, one
+    /// gone is deleted, a new one (or one in `renewed`: replaced, so a new machine of the same
+    /// name) starts `unknown`.
     #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %deployment_id, count = machines.len()))]
-    pub async fn replace_machines(
+    pub async fn sync_machines(
         &self,
         deployment_id: Uuid,
         machines: &[NewMachine],
+        renewed: &[String],
         now: DateTime<Utc>,
     ) -> StoreResult<()> {
         on_db!(self, |pool| async {
             let mut tx = pool.begin().await?;
-            sqlx::query("DELETE FROM machines WHERE deployment_id = $1")
-                .bind(deployment_id)
-                .execute(&mut *tx)
-                .await?;
+            let existing: Vec<(String,)> =
+                sqlx::query_as("SELECT name FROM machines WHERE deployment_id = $1")
+                    .bind(deployment_id)
+                    .fetch_all(&mut *tx)
+                    .await?;
+            let keep = |name: &str| {
+                machines.iter().any(|m| m.name == name) && !renewed.iter().any(|r| r == name)
+            };
+            for (name,) in existing.iter().filter(|(name,)| !keep(name)) {
+                sqlx::query("DELETE FROM machines WHERE deployment_id = $1 AND name = $2")
+                    .bind(deployment_id)
+                    .bind(name.clone())
+                    .execute(&mut *tx)
+                    .await?;
+            }
             for machine in machines {
-                sqlx::query(&format!(
-                    "INSERT INTO machines ({MACHINE_COLUMNS}) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, NULL, $8, $8)"
-                ))
-                .bind(Uuid::now_v7())
-                .bind(deployment_id)
                 // Owned binds inside the loop: borrowed ones defeat rustc's `Send` proof for
                 // spawned callers.
-                .bind(machine.name.clone())
-                .bind(machine.public_ip.clone())
-                .bind(machine.private_ip.clone())
-                .bind(machine.agent_port.map(i64::from))
-                .bind(MachineStatus::Unknown.as_str())
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+                let kept = keep(&machine.name) && existing.iter().any(|(n,)| *n == machine.name);
+                let query = match kept {
+                    true => sqlx::query(
+                        "UPDATE machines SET public_ip = $3, private_ip = $4, agent_port = $5, \
+                         resource = $6, updated_at = $7 WHERE deployment_id = $1 AND name = $2",
+                    ),
+                    false => sqlx::query(
+                        "INSERT INTO machines (deployment_id, name, public_ip, private_ip, \
+                         agent_port, resource, created_at, updated_at, id, status) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9)",
+                    ),
+                };
+                let query = query
+                    .bind(deployment_id)
+                    .bind(machine.name.clone())
+                    .bind(machine.public_ip.clone())
+                    .bind(machine.private_ip.clone())
+                    .bind(machine.agent_port.map(i64::from))
+                    .bind(machine.resource.clone())
+                    .bind(now);
+                match kept {
+                    true => query.execute(&mut *tx).await?,
+                    false => {
+                        query
+                            .bind(Uuid::now_v7())
+                            .bind(MachineStatus::Unknown.as_str())
+                            .execute(&mut *tx)
+                            .await?
+                    }
+                };
             }
             tx.commit().await
         }
         .await)
         .map_err(|err| StoreError::classify(err, &["machines_deployment_name_key"]))
+    }
+
+    /// The machine of a deployment with this name.
+    pub async fn find_machine(
+        &self,
+        deployment_id: Uuid,
+        name: &str,
+    ) -> StoreResult<Option<MachineRow>> {
+        let sql = format!(
+            "SELECT {MACHINE_COLUMNS} FROM machines WHERE deployment_id = $1 AND name = $2"
+        );
+        Ok(on_db!(self, |pool| sqlx::query_as(&sql)
+            .bind(deployment_id)
+            .bind(name)
+            .fetch_optional(pool)
+            .await)?)
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(deployment_id = %deployment_id))]

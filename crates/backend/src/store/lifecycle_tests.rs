@@ -258,26 +258,194 @@ async fn a_retry_moves_only_a_failed_deployment_and_queues_its_run_with_the_move
         // Asked to move along a row the table lacks: refused before anything is written.
         let (ready, _) = deployment_with_run(&store, Ready, RunStatus::Succeeded).await;
         let run = RunRow::queued(ready, RunKind::Apply, 0, now());
-        let refused = store.queue_run_and_move(&run, &[Ready], Provisioning, now()).await;
+        let refused = store.queue_run_and_move(&run, &[Ready], Provisioning, None, now()).await;
         assert!(matches!(refused, Err(StoreError::IllegalMove(_))), "{refused:?}");
         assert!(store.find_run(ready, run.id).await.unwrap().is_none(), "no run was queued");
         // A deployment that is not failed (any more) does not move, and its run is not kept.
-        let moved = store.queue_run_and_move(&run, &[Failed], Provisioning, now()).await;
+        let moved = store.queue_run_and_move(&run, &[Failed], Provisioning, None, now()).await;
         assert!(!moved.unwrap());
         assert_eq!(status_of(&store, ready).await, Ready);
         assert!(store.find_run(ready, run.id).await.unwrap().is_none(), "the insert rolled back");
 
         let (failed, _) = deployment_with_run(&store, Failed, RunStatus::Failed).await;
         let retry = RunRow::queued(failed, RunKind::Apply, 0, now());
-        assert!(store.queue_run_and_move(&retry, &[Failed], Provisioning, now()).await.unwrap());
+        assert!(
+            store.queue_run_and_move(&retry, &[Failed], Provisioning, None, now()).await.unwrap()
+        );
         assert_eq!(status_of(&store, failed).await, Provisioning);
         assert_eq!(run_status_of(&store, &retry).await, RunStatus::Queued);
         // A second retry meets the first one's active run.
         let again = RunRow::queued(failed, RunKind::Apply, 0, now());
-        let refused = store.queue_run_and_move(&again, &[Provisioning], Provisioning, now()).await;
+        let refused =
+            store.queue_run_and_move(&again, &[Provisioning], Provisioning, None, now()).await;
         assert!(
             matches!(refused, Err(StoreError::Conflict("runs_one_active_per_deployment"))),
             "{refused:?}"
         );
+    }
+}
+
+#[tokio::test]
+async fn an_sqlite_database_of_the_first_schema_upgrades_keeping_every_run_and_event() {
+    use secrecy::SecretString;
+    use sqlx::{Connection, sqlite::SqliteConnection};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    // The database as the first release left it: migration 1 only, a run with its log.
+    let mut first = sqlx::migrate!("migrations/sqlite");
+    first.migrations = first.migrations.iter().filter(|m| m.version == 1).cloned().collect();
+    let mut conn = SqliteConnection::connect(&url).await.unwrap();
+    first.run(&mut conn).await.unwrap();
+    let id = Uuid::now_v7();
+    let run_id = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO deployments (id, owner_id, name, provider, status, secrets, tls_cert, created_at, updated_at) \
+         VALUES ($1, $2, 'old', 'local', 'ready', x'00', 'cert', '2026-11-30T00:00:00Z', '2026-11-30T00:00:00Z')",
+    )
+    .bind(id)
+    .bind(Uuid::new_v4())
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO runs (id, deployment_id, kind, status, created_at) VALUES ($1, $2, 'apply', 'succeeded', '2026-11-30T00:00:00Z')",
+    )
+    .bind(run_id)
+    .bind(id)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO run_events (run_id, deployment_id, seq, at, kind, data) VALUES ($1, $2, 1, '2026-11-30T00:00:00Z', 'log', '{}')",
+    )
+    .bind(run_id)
+    .bind(id)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+
+    let store = Store::connect(&SecretString::from(url), 2).await.unwrap();
+    let run = store.find_run(id, run_id).await.unwrap().expect("the run survives");
+    assert_eq!((run.kind, run.status), (RunKind::Apply, RunStatus::Succeeded));
+    assert_eq!(run.inputs, None);
+    assert_eq!(store.run_events(run_id).await.unwrap().len(), 1, "its log survives");
+    // The new kinds are accepted.
+    let update = RunRow::applying(id, RunKind::Update, Default::default(), now());
+    assert!(
+        store
+            .queue_run_and_move(
+                &update,
+                &[DeploymentStatus::Ready],
+                DeploymentStatus::Updating,
+                None,
+                now()
+            )
+            .await
+            .unwrap()
+    );
+    // Deleting the deployment still cascades: the pool's connections have foreign keys on.
+    let super::Db::Sqlite(pool) = &store.db else { unreachable!("an SQLite store") };
+    sqlx::query("DELETE FROM deployments WHERE id = $1").bind(id).execute(pool).await.unwrap();
+    assert!(store.run_events(run_id).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn an_update_writes_its_values_with_its_run_and_a_key_is_used_once() {
+    use serde_json::json;
+    use sqlx::types::Json;
+    use wire::deployments::RunInputs;
+
+    use super::NewValues;
+    for (store, _guard) in stores().await {
+        let (id, _) =
+            deployment_with_run(&store, DeploymentStatus::Ready, RunStatus::Succeeded).await;
+        let values = NewValues {
+            variables: Json(json!({"machine_count": 5}).as_object().unwrap().clone()),
+            secrets: vec![9, 9],
+        };
+        let inputs = RunInputs { variables: values.variables.0.clone(), ..Default::default() };
+        let mut run = RunRow::applying(id, RunKind::Update, inputs.clone(), now());
+        run.idempotency = Some(("k1".into(), vec![1]));
+        let from = [DeploymentStatus::Ready, DeploymentStatus::Failed];
+        assert!(
+            store
+                .queue_run_and_move(&run, &from, DeploymentStatus::Updating, Some(&values), now())
+                .await
+                .unwrap()
+        );
+        let row = store.deployment(id).await.unwrap().unwrap();
+        assert_eq!(
+            (row.status, row.variables.0["machine_count"].clone(), row.secrets),
+            (DeploymentStatus::Updating, json!(5), vec![9, 9])
+        );
+        let (found, hash) = store.find_run_by_idempotency_key(id, "k1").await.unwrap().unwrap();
+        assert_eq!(
+            (found.id, found.inputs.map(|i| i.0), hash),
+            (run.id, Some(inputs), Some(vec![1]))
+        );
+        assert!(store.find_run_by_idempotency_key(id, "k2").await.unwrap().is_none());
+
+        // Nothing is written when the run cannot be queued (a run is active, the key is used).
+        let other = NewValues { variables: Json(Default::default()), secrets: vec![0] };
+        let mut again = RunRow::applying(id, RunKind::Update, Default::default(), now());
+        again.idempotency = Some(("k1".into(), vec![2]));
+        let refused = store
+            .queue_run_and_move(&again, &from, DeploymentStatus::Updating, Some(&other), now())
+            .await;
+        assert!(matches!(refused, Err(StoreError::Conflict(_))), "{refused:?}");
+        assert_eq!(store.deployment(id).await.unwrap().unwrap().secrets, vec![9, 9]);
+    }
+}
+
+#[tokio::test]
+async fn syncing_machines_keeps_the_rows_of_those_that_stay() {
+    use super::NewMachine;
+    use crate::domain::MachineStatus;
+    let machine = |name: &str, ip: &str| NewMachine {
+        name: name.into(),
+        public_ip: Some(ip.into()),
+        private_ip: None,
+        agent_port: None,
+        resource: Some(format!("terraform_data.machine[{name}]")),
+    };
+    for (store, _guard) in stores().await {
+        let (id, _) =
+            deployment_with_run(&store, DeploymentStatus::Ready, RunStatus::Succeeded).await;
+        store
+            .sync_machines(id, &[machine("m-0", "a"), machine("m-1", "b")], &[], now())
+            .await
+            .unwrap();
+        for machine in store.list_machines(id).await.unwrap() {
+            store
+                .record_machine_health(machine.id, MachineStatus::Healthy, None, now())
+                .await
+                .unwrap();
+        }
+        let before = store.list_machines(id).await.unwrap();
+
+        // Scale 2 → 3, m-1's address changed: m-0 and m-1 keep their rows and health.
+        let three = [machine("m-0", "a"), machine("m-1", "b2"), machine("m-2", "c")];
+        store.sync_machines(id, &three, &[], now()).await.unwrap();
+        let after = store.list_machines(id).await.unwrap();
+        assert_eq!(after.len(), 3);
+        assert_eq!((after[0].id, after[0].status), (before[0].id, MachineStatus::Healthy));
+        assert_eq!((after[1].id, after[1].public_ip.as_deref()), (before[1].id, Some("b2")));
+        assert_eq!(after[2].status, MachineStatus::Unknown);
+
+        // m-1 replaced: a new row; scale to 1: only m-0 is left, still its first row.
+        store.sync_machines(id, &three, &["m-1".into()], now()).await.unwrap();
+        let replaced = store.list_machines(id).await.unwrap();
+        assert_ne!(replaced[1].id, before[1].id);
+        assert_eq!(replaced[1].status, MachineStatus::Unknown);
+        store.sync_machines(id, &three[..1], &[], now()).await.unwrap();
+        let one = store.list_machines(id).await.unwrap();
+        assert_eq!(one.iter().map(|m| m.id).collect::<Vec<_>>(), [before[0].id]);
+        assert_eq!(
+            store.find_machine(id, "m-0").await.unwrap().unwrap().resource.as_deref(),
+            Some("terraform_data.machine[m-0]")
+        );
+        assert!(store.find_machine(id, "m-2").await.unwrap().is_none());
     }
 }

@@ -29,7 +29,7 @@ use sqlx::{
 };
 
 pub use commands::{CommandResultRow, CommandRow, CommandsPage};
-pub use deployments::{DeploymentQuery, DeploymentRow, MachineRow, NewMachine};
+pub use deployments::{DeploymentQuery, DeploymentRow, MachineRow, NewMachine, NewValues};
 pub use runs::{RunEventRow, RunRow};
 pub use sessions::{AuthSessionRow, RefreshOutcome, SessionSelector};
 pub use users::UserRow;
@@ -137,6 +137,7 @@ fn constraint_columns(name: &str) -> Option<&'static str> {
         "deployments_owner_idempotency_key" => "deployments.owner_id, deployments.idempotency_key",
         "machines_deployment_name_key" => "machines.deployment_id, machines.name",
         "runs_one_active_per_deployment" => "runs.deployment_id",
+        "runs_deployment_idempotency_key" => "runs.deployment_id, runs.idempotency_key",
         _ => return None,
     })
 }
@@ -200,9 +201,16 @@ impl Store {
                 .connect_with(options.clone())
                 .await
                 .with_context(|| format!("failed to open the database {redacted}"))?;
-            let migrated = sqlx::migrate!("migrations/sqlite").run(&pool).await;
-            migrated.map_err(|err| migration_error(err, &redacted))?;
-            if !raw.contains(":memory:") && !raw.contains("mode=memory") {
+            let in_memory = raw.contains(":memory:") || raw.contains("mode=memory");
+            match in_memory {
+                // A new database every time: nothing a table rebuild could cascade into.
+                true => sqlx::migrate!("migrations/sqlite")
+                    .run(&pool)
+                    .await
+                    .map_err(|err| migration_error(err, &redacted))?,
+                false => migrate_sqlite(&options, &redacted).await?,
+            }
+            if !in_memory {
                 reads = Some(std::sync::Arc::new(sqlite_reads::SqliteReads::new(
                     options.get_filename().to_path_buf(),
                 )));
@@ -327,6 +335,31 @@ impl AdvisoryLock {
             let _ = self.conn.close().await;
         }
     }
+}
+
+/// Applies the SQLite migrations on a connection of its own with foreign keys off: a migration
+/// that rebuilds a table (SQLite's way to change a constraint) drops the old one, which with
+/// foreign keys on would delete the rows referencing it. Foreign keys are checked afterwards.
+async fn migrate_sqlite(options: &SqliteConnectOptions, database: &str) -> anyhow::Result<()> {
+    use sqlx::{Connection, sqlite::SqliteConnection};
+    let mut conn = SqliteConnection::connect_with(&options.clone().foreign_keys(false)).await?;
+    sqlx::migrate!("migrations/sqlite")
+        .run(&mut conn)
+        .await
+        .map_err(|err| migration_error(err, database))?;
+    let broken: Vec<(String, Option<i64>, String)> =
+        sqlx::query_as("SELECT \"table\", rowid, parent FROM pragma_foreign_key_check")
+            .fetch_all(&mut conn)
+            .await?;
+    conn.close().await?;
+    if let Some((table, row, parent)) = broken.first() {
+        anyhow::bail!(
+            "after its migrations, row {} of table {table} of {database} refers to a missing row of {parent} ({} such rows): restore a backup",
+            row.unwrap_or_default(),
+            broken.len()
+        );
+    }
+    Ok(())
 }
 
 /// Creates our schema and applies the migrations (the files in `supabase/migrations/`, which a

@@ -6,6 +6,8 @@ use sqlx::types::Json;
 use uuid::Uuid;
 
 use super::{Store, StoreError, StoreResult, on_db};
+use wire::deployments::{ReplaceTarget, RunInputs};
+
 use crate::domain::{DeploymentStatus, Lifecycle, RunKind, RunStatus};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -26,6 +28,12 @@ pub struct RunRow {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// What an applying run applies (`None` for a destroy).
+    pub inputs: Option<Json<RunInputs>>,
+    /// An update's `Idempotency-Key` and the hash of its request; written with the run, never
+    /// read back with it.
+    #[sqlx(skip)]
+    pub idempotency: Option<(String, Vec<u8>)>,
 }
 
 impl RunRow {
@@ -46,7 +54,33 @@ impl RunRow {
             created_at: now,
             started_at: None,
             finished_at: None,
+            inputs: None,
+            idempotency: None,
         }
+    }
+
+    /// A new queued run that applies `inputs`.
+    pub fn applying(
+        deployment_id: Uuid,
+        kind: RunKind,
+        inputs: RunInputs,
+        now: DateTime<Utc>,
+    ) -> Self {
+        Self { inputs: Some(Json(inputs)), ..Self::queued(deployment_id, kind, 0, now) }
+    }
+
+    /// The run that takes an interrupted one's place: same kind and inputs, one attempt more
+    /// (`attempt` as given: a shutdown re-queues without counting).
+    pub fn requeued(&self, attempt: i64, now: DateTime<Utc>) -> Self {
+        Self {
+            inputs: self.inputs.clone(),
+            ..Self::queued(self.deployment_id, self.kind, attempt, now)
+        }
+    }
+
+    /// The machine a `replace` run replaces.
+    pub fn replace_target(&self) -> Option<&ReplaceTarget> {
+        self.inputs.as_ref().and_then(|inputs| inputs.0.replace.as_ref())
     }
 
     pub fn kind(&self) -> RunKind {
@@ -59,7 +93,8 @@ impl RunRow {
 }
 
 const RUN_COLUMNS: &str = "id, deployment_id, kind, status, attempt, error, progress_done, \
-    progress_total, lease_owner, lease_expires_at, cancel_requested_at, created_at, started_at, finished_at";
+    progress_total, lease_owner, lease_expires_at, cancel_requested_at, created_at, started_at, finished_at, \
+    inputs";
 
 /// One stored event of a run.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -78,7 +113,8 @@ macro_rules! insert_run_query {
     ($run:expr) => {
         sqlx::query(
             "INSERT INTO runs (id, deployment_id, kind, status, attempt, error, progress_done, \
-             progress_total, created_at) VALUES ($1, $2, $3, $4, $5, NULL, 0, 0, $6)",
+             progress_total, created_at, inputs, idempotency_key, request_hash) \
+             VALUES ($1, $2, $3, $4, $5, NULL, 0, 0, $6, $7, $8, $9)",
         )
         .bind($run.id)
         .bind($run.deployment_id)
@@ -86,6 +122,9 @@ macro_rules! insert_run_query {
         .bind($run.status.as_str())
         .bind($run.attempt)
         .bind($run.created_at)
+        .bind($run.inputs.clone())
+        .bind($run.idempotency.as_ref().map(|(key, _)| key.clone()))
+        .bind($run.idempotency.as_ref().map(|(_, hash)| hash.clone()))
     };
 }
 
@@ -365,6 +404,30 @@ impl Store {
             .bind(deployment_id)
             .fetch_optional(pool)
             .await)?)
+    }
+
+    /// The run of a deployment queued with this `Idempotency-Key`, and its request's hash.
+    pub async fn find_run_by_idempotency_key(
+        &self,
+        deployment_id: Uuid,
+        key: &str,
+    ) -> StoreResult<Option<(RunRow, Option<Vec<u8>>)>> {
+        #[derive(sqlx::FromRow)]
+        struct Keyed {
+            #[sqlx(flatten)]
+            run: RunRow,
+            request_hash: Option<Vec<u8>>,
+        }
+        let sql = format!(
+            "SELECT {RUN_COLUMNS}, request_hash FROM runs \
+             WHERE deployment_id = $1 AND idempotency_key = $2"
+        );
+        let keyed: Option<Keyed> = on_db!(self, |pool| sqlx::query_as(&sql)
+            .bind(deployment_id)
+            .bind(key)
+            .fetch_optional(pool)
+            .await)?;
+        Ok(keyed.map(|keyed| (keyed.run, keyed.request_hash)))
     }
 
     pub async fn latest_run(&self, deployment_id: Uuid) -> StoreResult<Option<RunRow>> {

@@ -17,6 +17,7 @@ use rusqlite::{Connection, OpenFlags, Row};
 use serde_json::Value;
 use sqlx::types::Json;
 use uuid::Uuid;
+use wire::deployments::RunInputs;
 
 use super::{DeploymentSummary, MachineRow, RunRow};
 
@@ -174,26 +175,29 @@ pub(super) fn detail_run(row: &Row<'_>, deployment_id: Uuid) -> rusqlite::Result
         created_at: row.time(18)?,
         started_at: row.opt_time(19)?,
         finished_at: row.opt_time(20)?,
+        inputs: row.json::<RunInputs>(21)?.map(Json),
+        idempotency: None,
     }))
 }
 
-/// A machine from `DETAIL_COLUMNS` (starting at column 21), if the row has one.
+/// A machine from `DETAIL_COLUMNS` (starting at column 22), if the row has one.
 pub(super) fn detail_machine(
     row: &Row<'_>,
     deployment_id: Uuid,
 ) -> rusqlite::Result<Option<MachineRow>> {
-    let Some(id) = row.opt_uuid(21)? else { return Ok(None) };
+    let Some(id) = row.opt_uuid(22)? else { return Ok(None) };
     Ok(Some(MachineRow {
         id,
         deployment_id,
-        name: row.get(22)?,
-        public_ip: row.get(23)?,
-        private_ip: row.get(24)?,
-        agent_port: row.get(25)?,
-        status: row.parsed(26)?,
-        last_seen_at: row.opt_time(27)?,
-        info: row.json::<Value>(28)?.map(Json),
-        created_at: row.time(29)?,
-        updated_at: row.time(30)?,
+        name: row.get(23)?,
+        public_ip: row.get(24)?,
+        private_ip: row.get(25)?,
+        agent_port: row.get(26)?,
+        status: row.parsed(27)?,
+        last_seen_at: row.opt_time(28)?,
+        info: row.json::<Value>(29)?.map(Json),
+        created_at: row.time(30)?,
+        updated_at: row.time(31)?,
+        resource: row.get(32)?,
     }))
 }

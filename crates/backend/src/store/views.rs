@@ -8,6 +8,8 @@ use sqlx::types::Json;
 use uuid::Uuid;
 
 use super::{DeploymentQuery, MachineRow, RunRow, Store, StoreResult, on_db, sqlite_reads};
+use wire::deployments::RunInputs;
+
 use crate::domain::{DeploymentStatus, MachineStatus, RunKind, RunStatus};
 
 /// A deployment as the API shows it.
@@ -68,9 +70,11 @@ const DETAIL_COLUMNS: &str = "r.id AS r_id, r.kind AS r_kind, r.status AS r_stat
     r.progress_total AS r_progress_total, r.lease_owner AS r_lease_owner, \
     r.lease_expires_at AS r_lease_expires_at, r.cancel_requested_at AS r_cancel_requested_at, \
     r.created_at AS r_created_at, r.started_at AS r_started_at, r.finished_at AS r_finished_at, \
+    r.inputs AS r_inputs, \
     m.id AS m_id, m.name AS m_name, m.public_ip AS m_public_ip, m.private_ip AS m_private_ip, \
     m.agent_port AS m_agent_port, m.status AS m_status, m.last_seen_at AS m_last_seen_at, \
-    m.info AS m_info, m.created_at AS m_created_at, m.updated_at AS m_updated_at";
+    m.info AS m_info, m.created_at AS m_created_at, m.updated_at AS m_updated_at, \
+    m.resource AS m_resource";
 
 /// `GET /infrastructure/{id}` in one statement; `$1` the deployment, `$2` its owner.
 pub(super) fn detail_sql() -> String {
@@ -110,6 +114,7 @@ struct DetailRow {
     r_created_at: Option<DateTime<Utc>>,
     r_started_at: Option<DateTime<Utc>>,
     r_finished_at: Option<DateTime<Utc>>,
+    r_inputs: Option<Json<RunInputs>>,
     m_id: Option<Uuid>,
     m_name: Option<String>,
     m_public_ip: Option<String>,
@@ -120,6 +125,7 @@ struct DetailRow {
     m_info: Option<Json<Value>>,
     m_created_at: Option<DateTime<Utc>>,
     m_updated_at: Option<DateTime<Utc>>,
+    m_resource: Option<String>,
 }
 
 /// A status column of a `LEFT JOIN`ed table: `None` where the join found no row.
@@ -157,6 +163,8 @@ impl DetailRow {
             created_at,
             started_at: self.r_started_at,
             finished_at: self.r_finished_at,
+            inputs: self.r_inputs.clone(),
+            idempotency: None,
         }))
     }
 
@@ -179,6 +187,7 @@ impl DetailRow {
             info: self.m_info,
             created_at,
             updated_at,
+            resource: self.m_resource,
         }))
     }
 }

@@ -102,13 +102,16 @@ impl DeploymentService {
         Ok(RunInputs { module, workspace, env })
     }
 
-    /// Stores the machines an apply output, replacing the previous ones.
+    /// Stores the machines an apply output: kept ones keep their rows, gone ones go, new ones
+    /// and those in `renewed` (replaced) start over.
     pub(crate) async fn store_machines(
         &self,
         deployment_id: Uuid,
         machines: &[NewMachine],
+        renewed: &[String],
     ) -> anyhow::Result<()> {
-        Ok(self.store.replace_machines(deployment_id, machines, crate::domain::now()).await?)
+        let now = crate::domain::now();
+        Ok(self.store.sync_machines(deployment_id, machines, renewed, now).await?)
     }
 
     /// After a destroy: no machines, and a local deployment's network released (the module's
@@ -118,7 +121,7 @@ impl DeploymentService {
         deployment_id: Uuid,
         module: &Module,
     ) -> anyhow::Result<()> {
-        self.store_machines(deployment_id, &[]).await?;
+        self.store_machines(deployment_id, &[], &[]).await?;
         if is_sandboxed(module) {
             if let Err(err) = self.local.release(deployment_id).await {
                 tracing::warn!(error = format!("{err:#}"), "failed to release the local network");

@@ -1,12 +1,14 @@
 //! The plan's `DeploymentService`: it owns deployments and their machines. Every read of a
 //! deployment on behalf of a user goes through its one owner-scoped lookup (`deployment`), which
 //! produces every "no such deployment" (another owner's deployment is not found, never
-//! forbidden); creating (`provision.rs`), destroying and cancelling queue runs through the
+//! forbidden); creating (`provision.rs`), changing (`update.rs`: update, scale, replace, retry),
+//! destroying and cancelling queue runs through the
 //! store's conditional updates; `agent_targets` is the one way to the machines' agents; and the
 //! run worker asks it for what a run of a deployment needs (`inputs.rs`).
 
 mod inputs;
 mod provision;
+mod update;
 
 use std::{path::PathBuf, sync::Arc};
 
@@ -25,7 +27,7 @@ use super::{
     terraform::{ModuleCatalog, TerraformService},
 };
 use crate::{
-    domain::{DeploymentStatus, RunKind},
+    domain::RunKind,
     secrets::SecretBox,
     store::{
         DeploymentDetail, DeploymentQuery, DeploymentRow, DeploymentSummary, MachineRow,
@@ -42,6 +44,8 @@ pub enum DeploymentError {
     Validation(Vec<FieldError>),
     #[error("no such deployment")]
     NotFound,
+    #[error("the deployment has no machine \"{0}\"")]
+    MachineNotFound(String),
     #[error("{0}")]
     Conflict(String),
     #[error("this Idempotency-Key was already used with a different request")]
@@ -210,49 +214,6 @@ impl DeploymentService {
             }
             Err(err) => return Err(err.into()),
         }
-        self.work_queued.notify_one();
-        let deployment = self.deployment(owner_id, id).await?;
-        Ok((deployment, run))
-    }
-
-    /// Runs a failed deployment's last apply again from the state it has: what exists stays,
-    /// Terraform makes what is missing, and the machines go through the readiness check again.
-    /// The deployment is `provisioning` from here on (the table's `failed → provisioning`).
-    #[tracing::instrument(skip_all, fields(deployment_id = %id))]
-    pub async fn retry(
-        &self,
-        owner_id: Uuid,
-        id: Uuid,
-    ) -> Result<(DeploymentRow, RunRow), DeploymentError> {
-        let deployment = self.deployment(owner_id, id).await?;
-        if deployment.status != DeploymentStatus::Failed {
-            return Err(DeploymentError::Conflict(format!(
-                "the deployment is {}; only a failed deployment can be retried",
-                deployment.status
-            )));
-        }
-        let last = self.store.list_runs(id, None, 1).await?.pop();
-        if let Some(last) = last.filter(|run| run.kind != RunKind::Apply) {
-            return Err(DeploymentError::Conflict(format!(
-                "its last run was a {}; destroy it again instead of retrying",
-                last.kind
-            )));
-        }
-        let now = crate::domain::now();
-        let run = RunRow::queued(id, RunKind::Apply, 0, now);
-        let from = [DeploymentStatus::Failed];
-        match self.store.queue_run_and_move(&run, &from, DeploymentStatus::Provisioning, now).await
-        {
-            Ok(true) => {}
-            // Another request moved it first (a destroy, another retry).
-            Ok(false) | Err(StoreError::Conflict("runs_one_active_per_deployment")) => {
-                return Err(DeploymentError::Conflict(
-                    "another run of this deployment was queued first; see its runs".into(),
-                ));
-            }
-            Err(err) => return Err(err.into()),
-        }
-        tracing::info!(run_id = %run.id, "retry queued");
         self.work_queued.notify_one();
         let deployment = self.deployment(owner_id, id).await?;
         Ok((deployment, run))

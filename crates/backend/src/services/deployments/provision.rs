@@ -14,7 +14,9 @@ use sha2::{Digest, Sha256};
 use sqlx::types::Json;
 use uuid::Uuid;
 use wire::FieldError;
-use wire::deployments::{PlanSummary, PlannedResource};
+use wire::deployments::{
+    PlanSummary, PlannedResource, REDACTED, ReplaceTarget, RunInputs, VariableChange,
+};
 
 use super::{DEFAULT_AGENT_PORT, DeploymentError, DeploymentSecrets, DeploymentService};
 use crate::{
@@ -124,19 +126,23 @@ impl DeploymentService {
         }
     }
 
-    /// Refuses a local provision that cannot run here, or that would take the owner past their
-    /// machine limit. Call with `local_limit_lock` held until the deployment is stored.
-    async fn check_local(
+    /// Refuses a local provision (or a change of the deployment `changing`) that cannot run
+    /// here, or that would take the owner past their machine limit. Call with
+    /// `local_limit_lock` held until the deployment or its change is stored.
+    pub(super) async fn check_local(
         &self,
         owner_id: Uuid,
         module: &Module,
         plain: &Map<String, Value>,
+        changing: Option<Uuid>,
     ) -> Result<(), DeploymentError> {
         self.require_local(module)?;
         let wanted = local_machine_count(module, plain)?;
         let mut held = 0;
         for deployment in self.store.live_deployments_of(owner_id, &module.name).await? {
-            held += module.machine_count(&deployment.variables.0).unwrap_or(1);
+            if Some(deployment.id) != changing {
+                held += module.machine_count(&deployment.variables.0).unwrap_or(1);
+            }
         }
         let limit = u64::from(self.local.settings.max_machines_per_user);
         if held + wanted > limit {
@@ -166,11 +172,12 @@ impl DeploymentService {
         let module = self.validate(&request)?;
 
         let id = Uuid::now_v7();
+        let given = request.variables.clone();
         let (plain, sensitive) = split_variables(module, request.variables);
         let _limit = match is_sandboxed(module) {
             true => {
                 let guard = self.local_limit_lock.lock().await;
-                self.check_local(owner_id, module, &plain).await?;
+                self.check_local(owner_id, module, &plain, None).await?;
                 Some(guard)
             }
             false => None,
@@ -183,7 +190,8 @@ impl DeploymentService {
         deployment.idempotency_key = idempotency_key.clone();
         deployment.request_hash = Some(request_hash.clone());
         let now = deployment.created_at;
-        let run = RunRow::queued(id, RunKind::Apply, 0, now);
+        let inputs = run_inputs_record(module, &Map::new(), &given, None);
+        let run = RunRow::applying(id, RunKind::Apply, inputs, now);
         let created = self.store.create_deployment(&deployment, &run).await;
         if created.is_err() && is_sandboxed(module) {
             if let Err(err) = self.local.release(id).await {
@@ -258,6 +266,19 @@ impl DeploymentService {
         let (plain, env) = self.run_inputs(module, &deployment, &secrets);
         workspace.write_variables(&plain)?;
 
+        let steps = self.terraform.dry_run_steps();
+        self.plan(&workspace.module_dir, steps, &env, deadline).await
+    }
+
+    /// Runs the `steps` of a plan that changes nothing in `dir`, and sums up what the plan would
+    /// do.
+    pub(super) async fn plan(
+        &self,
+        dir: &std::path::Path,
+        steps: Vec<crate::services::terraform::Step>,
+        env: &[(String, secrecy::SecretString)],
+        deadline: tokio::time::Instant,
+    ) -> Result<PlanSummary, DeploymentError> {
         let stop = self.terraform.stop_signals(Default::default(), deadline);
         // Only the plan's messages make the summary.
         let planned: Mutex<Vec<UiMessage>> = Mutex::default();
@@ -271,8 +292,7 @@ impl DeploymentService {
             }
             StepEvent::Ui(_) | StepEvent::Note(_) => {}
         };
-        let steps = self.terraform.dry_run_steps();
-        let end = self.terraform.run(&workspace.module_dir, steps, &env, &stop, &observe).await?;
+        let end = self.terraform.run(dir, steps, env, &stop, &observe).await?;
         match end {
             StepsEnd::Succeeded { .. } => {
                 Ok(plan_summary(planned.into_inner().expect("never poisoned")))
@@ -354,8 +374,36 @@ impl Draft {
     }
 }
 
+/// What a run applies: the variables after it (secrets redacted), what differs from `before`,
+/// and the machine it replaces.
+pub(super) fn run_inputs_record(
+    module: &Module,
+    before: &Map<String, Value>,
+    after: &Map<String, Value>,
+    replace: Option<ReplaceTarget>,
+) -> RunInputs {
+    let shown = |name: &str, value: &Value| match module.variables.get(name) {
+        Some(variable) if variable.sensitive => json!(REDACTED),
+        _ => value.clone(),
+    };
+    let mut names: Vec<&String> = before.keys().chain(after.keys()).collect();
+    names.sort();
+    names.dedup();
+    let changes = names
+        .into_iter()
+        .filter(|name| before.get(*name) != after.get(*name))
+        .map(|name| VariableChange {
+            name: name.clone(),
+            from: before.get(name).map(|value| shown(name, value)),
+            to: after.get(name).map(|value| shown(name, value)),
+        })
+        .collect();
+    let variables = after.iter().map(|(name, value)| (name.clone(), shown(name, value))).collect();
+    RunInputs { variables, changes, replace }
+}
+
 /// The request's variables: plain ones, and those the module declares sensitive.
-fn split_variables(
+pub(super) fn split_variables(
     module: &Module,
     variables: Map<String, Value>,
 ) -> (Map<String, Value>, Map<String, Value>) {

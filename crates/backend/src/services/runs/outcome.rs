@@ -102,7 +102,7 @@ impl RunWorker {
         let kind = run.kind();
         if matches!(end, RunEnd::Shutdown) {
             let reason = "the backend shut down while it ran; re-queued";
-            let next = RunRow::queued(run.deployment_id, kind, run.attempt, now);
+            let next = run.requeued(run.attempt, now);
             if self.store().requeue_run(run.id, reason, &next, now).await? {
                 crate::metrics::run_finished(kind.as_str(), "interrupted", ran_for(run, now));
                 records.event(interrupted(run, reason.to_owned(), Some(next.id)));
@@ -114,8 +114,8 @@ impl RunWorker {
                 RunStatus::Succeeded,
                 None,
                 match kind {
-                    RunKind::Apply => DeploymentStatus::Ready,
                     RunKind::Destroy => DeploymentStatus::Destroyed,
+                    RunKind::Apply | RunKind::Update | RunKind::Replace => DeploymentStatus::Ready,
                 },
             ),
             RunEnd::Failed(reason) => (RunStatus::Failed, Some(reason), DeploymentStatus::Failed),
@@ -176,7 +176,7 @@ impl RunWorker {
             }
             let reason = "the backend running it stopped before it finished";
             if run.attempt < MAX_REQUEUES {
-                let next = RunRow::queued(run.deployment_id, run.kind(), run.attempt + 1, now);
+                let next = run.requeued(run.attempt + 1, now);
                 if self.store().requeue_run(run.id, reason, &next, now).await? {
                     tracing::warn!(run_id = %run.id, next_run_id = %next.id, "interrupted run re-queued");
                     self.event(run, interrupted(run, reason.to_owned(), Some(next.id))).await;
@@ -187,9 +187,7 @@ impl RunWorker {
                 "the {} run was interrupted twice; run it again when the cause is fixed",
                 run.kind
             );
-            let deployment_status = match run.kind() {
-                RunKind::Apply | RunKind::Destroy => DeploymentStatus::Failed,
-            };
+            let deployment_status = DeploymentStatus::Failed;
             if self
                 .store()
                 .finish_run(

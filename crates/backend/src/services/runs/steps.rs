@@ -31,8 +31,8 @@ impl RunWorker {
     ) -> anyhow::Result<RunEnd> {
         let deployment = self.deployments.of_run(run.deployment_id).await?;
         let status = match run.kind() {
-            RunKind::Apply => self.start_apply(deployment.id).await?,
             RunKind::Destroy => DeploymentStatus::Destroying,
+            kind => self.start_apply(deployment.id, kind).await?,
         };
         records.event(RunEvent::Status(StatusEvent {
             deployment_status: status,
@@ -47,11 +47,18 @@ impl RunWorker {
             .map_err(|reason| anyhow::anyhow!("terraform is not available: {reason}"))?;
         let inputs = self.deployments.prepare_run(&deployment)?;
         let dir = &inputs.workspace.module_dir;
+        let replaced: Vec<String> =
+            run.replace_target().map(|target| target.machine.clone()).into_iter().collect();
         let plan = match run.kind() {
-            RunKind::Apply => Plan::Apply,
             RunKind::Destroy => Plan::Destroy,
+            _ => Plan::Apply {
+                replace: run.replace_target().map(|t| t.resource.clone()).into_iter().collect(),
+            },
         };
-        let steps = self.terraform.run_steps(dir, deployment.id, plan)?;
+        if let Some(target) = run.replace_target() {
+            records.log(format!("replacing machine {} ({})", target.machine, target.resource));
+        }
+        let steps = self.terraform.run_steps(dir, deployment.id, &plan)?;
         let stop =
             self.terraform.stop_signals(cancel.clone(), Instant::now() + self.settings.run_timeout);
         let observe = |event| records.step(event);
@@ -66,10 +73,10 @@ impl RunWorker {
                 self.deployments.destroyed(deployment.id, &inputs.module).await?;
                 Ok(RunEnd::Succeeded)
             }
-            RunKind::Apply => {
+            RunKind::Apply | RunKind::Update | RunKind::Replace => {
                 let outputs = self.terraform.outputs(dir, &inputs.env, outputs).await?;
                 let machines = parse_machines(&outputs)?;
-                self.deployments.store_machines(deployment.id, &machines).await?;
+                self.deployments.store_machines(deployment.id, &machines, &replaced).await?;
                 records.log(format!("waiting for {} agent(s) to answer", machines.len()));
                 let end = self.wait_ready(&deployment, &machines, cancel).await?;
                 if matches!(end, RunEnd::Succeeded) {
@@ -97,12 +104,21 @@ impl RunWorker {
         }
     }
 
-    /// Moves a deployment into its applying state: `provisioning` from every state the table
-    /// lets move there (the first time, or after a failure), else `updating` (when it was ready).
-    async fn start_apply(&self, deployment_id: Uuid) -> anyhow::Result<DeploymentStatus> {
+    /// Moves a deployment into its applying state. A first apply: `provisioning` from every
+    /// state the table lets move there (the first time, or after a failure), else `updating`.
+    /// An update or replace: `updating` (where its queueing already moved it).
+    async fn start_apply(
+        &self,
+        deployment_id: Uuid,
+        kind: RunKind,
+    ) -> anyhow::Result<DeploymentStatus> {
         let now = crate::domain::now();
         let store = self.store();
-        for to in [DeploymentStatus::Provisioning, DeploymentStatus::Updating] {
+        let targets: &[DeploymentStatus] = match kind {
+            RunKind::Apply => &[DeploymentStatus::Provisioning, DeploymentStatus::Updating],
+            _ => &[DeploymentStatus::Updating],
+        };
+        for &to in targets {
             let from = DeploymentStatus::sources(to);
             if store.transition_deployment(deployment_id, &from, to, None, now).await? {
                 return Ok(to);
@@ -142,7 +158,8 @@ fn stopped(step: &str, exit: Exit) -> RunEnd {
     }
 }
 
-/// The module's `machines` output: a list of `{name, public_ip, private_ip, agent_port?}`.
+/// The module's `machines` output: a list of `{name, public_ip, private_ip, resource,
+/// agent_port?}` (`resource` may be missing from a module copy made before the contract had it).
 fn parse_machines(outputs: &Value) -> anyhow::Result<Vec<NewMachine>> {
     let bad = || {
         anyhow::anyhow!(
@@ -165,9 +182,20 @@ fn parse_machines(outputs: &Value) -> anyhow::Result<Vec<NewMachine>> {
                     .get("agent_port")
                     .and_then(Value::as_u64)
                     .and_then(|p| u16::try_from(p).ok()),
+                resource: text("resource").filter(|address| is_resource_address(address)),
             })
         })
         .collect()
+}
+
+/// `type.name[index]` or `module.x.type.name["key"]`: what `-replace=` takes. Anything else is
+/// not trusted into an argument (the module is the operator's, but its outputs may hold values
+/// a user gave).
+fn is_resource_address(address: &str) -> bool {
+    !address.is_empty()
+        && address.len() <= 512
+        && !address.starts_with('-')
+        && address.chars().all(|c| c.is_ascii_alphanumeric() || "_-.[]\"".contains(c))
 }
 
 #[cfg(test)]
@@ -180,12 +208,17 @@ mod tests {
     fn machines_are_read_from_the_output() {
         let outputs = json!({"machines": {"sensitive": false, "value": [
             {"name": "m-0", "public_ip": "203.0.113.5", "private_ip": "10.0.0.5"},
-            {"name": "m-1", "public_ip": null, "private_ip": "10.0.0.6", "agent_port": 7071}
+            {"name": "m-1", "public_ip": null, "private_ip": "10.0.0.6", "agent_port": 7071,
+             "resource": "terraform_data.machine[1]"},
+            {"name": "m-2", "public_ip": null, "private_ip": null, "resource": "-destroy x"}
         ]}});
         let machines = parse_machines(&outputs).unwrap();
         assert_eq!(machines[0].public_ip.as_deref(), Some("203.0.113.5"));
         assert_eq!(machines[1].public_ip, None);
         assert_eq!(machines[1].agent_port, Some(7071));
+        assert_eq!(machines[0].resource, None);
+        assert_eq!(machines[1].resource.as_deref(), Some("terraform_data.machine[1]"));
+        assert_eq!(machines[2].resource, None, "not an address");
         assert!(parse_machines(&json!({"machines": {"value": [{"public_ip": "x"}]}})).is_err());
         assert!(parse_machines(&json!({})).is_err());
     }

@@ -98,7 +98,49 @@ pub struct Output {
     pub name: String,
     pub description: Option<String>,
     pub sensitive: bool,
+    /// How its value is built, as far as the contract needs to know.
+    pub shape: OutputShape,
 }
+
+/// The shape of an output's value expression.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputShape {
+    /// `[]`.
+    EmptyList,
+    /// `[for … : { key = … }]`: the keys of the object each item is.
+    ListOfObjects(Vec<String>),
+    Other,
+}
+
+impl OutputShape {
+    fn of(expr: Option<&Expression>) -> Self {
+        match expr {
+            Some(Expression::Array(items)) if items.is_empty() => Self::EmptyList,
+            Some(Expression::ForExpr(for_expr)) if for_expr.key_expr.is_none() => {
+                match &for_expr.value_expr {
+                    Expression::Object(object) => {
+                        Self::ListOfObjects(object.keys().filter_map(object_key).collect())
+                    }
+                    _ => Self::Other,
+                }
+            }
+            _ => Self::Other,
+        }
+    }
+}
+
+fn object_key(key: &hcl::ObjectKey) -> Option<String> {
+    match key {
+        hcl::ObjectKey::Identifier(name) => Some(name.to_string()),
+        hcl::ObjectKey::Expression(Expression::String(name)) => Some(name.clone()),
+        _ => None,
+    }
+}
+
+/// What each item of a module's `machines` output must say. `resource` is the machine's
+/// Terraform resource address (e.g. `aws_instance.machine[0]`): what a replace passes to
+/// `terraform plan -replace`.
+pub const MACHINE_OUTPUT_KEYS: &[&str] = &["name", "public_ip", "private_ip", "resource"];
 
 /// One provider module.
 #[derive(Debug, Clone)]
@@ -225,6 +267,7 @@ impl Module {
                                 name,
                                 description: string_attribute(block, "description"),
                                 sensitive: bool_attribute(block, "sensitive").unwrap_or(false),
+                                shape: OutputShape::of(attribute(block, "value")),
                             },
                         );
                     }
@@ -259,10 +302,28 @@ impl Module {
                 "module {dir} breaks the module contract: it does not declare \"agent_download_url\", so machines cannot get the agent"
             );
         }
-        if !self.outputs.contains_key("machines") {
+        let expected = MACHINE_OUTPUT_KEYS.join(", ");
+        let Some(machines) = self.outputs.get("machines") else {
             bail!(
-                "module {dir} breaks the module contract: it has no output \"machines\" (list of {{name, public_ip, private_ip}})"
+                "module {dir} breaks the module contract: it has no output \"machines\" (list of {{{expected}}})"
             );
+        };
+        match &machines.shape {
+            OutputShape::EmptyList => {}
+            OutputShape::ListOfObjects(keys) => {
+                let missing: Vec<_> = MACHINE_OUTPUT_KEYS
+                    .iter()
+                    .filter(|key| !keys.iter().any(|k| k == *key))
+                    .collect();
+                if !missing.is_empty() {
+                    bail!(
+                        "module {dir} breaks the module contract: each item of its \"machines\" output must have {expected}; it lacks {missing:?} (`resource` is the machine's resource address, e.g. \"aws_instance.machine[${{i}}]\" in `[for i, m in aws_instance.machine : {{…}}]`)"
+                    );
+                }
+            }
+            OutputShape::Other => bail!(
+                "module {dir} breaks the module contract: its \"machines\" output must be `[for … : {{{expected}}}]` (or `[]`)"
+            ),
         }
         Ok(())
     }
@@ -428,6 +489,26 @@ variable "agent_download_url" { type = string }
         assert!(module.variables["agent_token"].backend_filled());
         assert!(!module.variables["machine_count"].required());
         assert!(module.outputs.contains_key("machines"));
+    }
+
+    #[test]
+    fn each_machine_must_name_its_resource() {
+        let without = "output \"machines\" {\n  value = [for i, m in terraform_data.machine : { name = m.id, public_ip = null, private_ip = null }]\n}\n";
+        let root = tempfile::tempdir().unwrap();
+        write_module(root.path(), "noresource", without);
+        let err = format!("{:#}", ModuleCatalog::load(root.path()).unwrap_err());
+        assert!(err.contains("it lacks [\"resource\"]"), "{err}");
+
+        let with =
+            without.replace("private_ip = null", "private_ip = null, \"resource\" = \"x[${i}]\"");
+        let root = tempfile::tempdir().unwrap();
+        write_module(root.path(), "named", &with);
+        ModuleCatalog::load(root.path()).unwrap();
+
+        let root = tempfile::tempdir().unwrap();
+        write_module(root.path(), "opaque", "output \"machines\" {\n  value = local.machines\n}\n");
+        let err = format!("{:#}", ModuleCatalog::load(root.path()).unwrap_err());
+        assert!(err.contains("must be `[for"), "{err}");
     }
 
     #[test]

@@ -29,10 +29,11 @@ const TERRAFORM_SETUP_LOCK: i64 = 0x6e69_6d2d_7466_696e;
 const RETRY_DELAYS_MS: [u64; 9] = [250, 500, 1_000, 2_000, 4_000, 8_000, 8_000, 8_000, 16_000];
 
 /// What a run's Terraform commands do to the deployment's resources.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Plan {
-    /// Create or update what the module declares.
-    Apply,
+    /// Create or update what the module declares, destroying and creating again the resources
+    /// at the addresses in `replace` (`terraform plan -replace=…`).
+    Apply { replace: Vec<String> },
     /// Remove everything the state holds.
     Destroy,
 }
@@ -145,7 +146,7 @@ impl TerraformService {
         &self,
         dir: &Path,
         deployment_id: Uuid,
-        plan: Plan,
+        plan: &Plan,
     ) -> anyhow::Result<Vec<Step>> {
         let override_file = dir.join(PG_BACKEND_OVERRIDE);
         let mut init = init_args();
@@ -175,12 +176,36 @@ impl TerraformService {
         }
         let mut plan_args = strings(&["plan", "-json", "-input=false", "-lock-timeout=120s"]);
         plan_args.push("-out=tfplan".into());
-        if plan == Plan::Destroy {
-            plan_args.push("-destroy".into());
+        match plan {
+            Plan::Destroy => plan_args.push("-destroy".into()),
+            Plan::Apply { replace } => {
+                plan_args.extend(replace.iter().map(|address| format!("-replace={address}")))
+            }
         }
         let apply = strings(&["apply", "-json", "-input=false", "-lock-timeout=120s", "tfplan"]);
         steps.push(Step { name: "plan", args: plan_args, retry: false, cluster_lock: false });
         steps.push(Step { name: "apply", args: apply, retry: false, cluster_lock: false });
+        Ok(steps)
+    }
+
+    /// The steps of a run up to its plan, which is printed, not saved: what a dry run of a
+    /// change to an existing deployment runs in a throwaway copy of its workspace (with the same
+    /// state: Postgres's, or a copy of the local state file).
+    pub fn preview_steps(
+        &self,
+        dir: &Path,
+        deployment_id: Uuid,
+        plan: &Plan,
+    ) -> anyhow::Result<Vec<Step>> {
+        let mut steps = self.run_steps(dir, deployment_id, plan)?;
+        steps.retain(|step| step.name != "apply");
+        for step in steps.iter_mut().filter(|step| step.name == "plan") {
+            step.args.retain(|arg| arg != "-out=tfplan");
+            // A copy of local state is this plan's alone; Postgres state is locked as usual.
+            if self.state_database.is_none() {
+                step.args.push("-lock=false".into());
+            }
+        }
         Ok(steps)
     }
 
