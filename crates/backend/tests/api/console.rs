@@ -95,11 +95,25 @@ async fn a_user_signs_up_creates_three_machines_runs_a_command_and_destroys_them
     b.find("#create-form select[name=provider]").await.select_by_value("local").await.unwrap();
     b.find("#create-form input[name=machine_count]").await;
     b.type_into("#create-form input[name=name]", "console-demo").await;
+    // A value the module refuses: the problem's title and detail, the message beside its field.
+    b.type_into("#create-form input[name=machine_count]", "0").await;
+    b.click("button[name=preview]").await;
+    let problem = b.wait_text("#create-out .problem", RUN_WAIT, |t| !t.is_empty()).await;
+    assert!(problem.contains("machine_count"), "{problem}");
+    let beside = b
+        .wait_text(
+            "#variables label:has(input[name=machine_count]) .field-error",
+            Duration::from_secs(5),
+            |t| !t.is_empty(),
+        )
+        .await;
+    assert!(!beside.is_empty());
+    b.screenshot("2-create-field-error").await;
     b.type_into("#create-form input[name=machine_count]", "3").await;
     b.click("button[name=preview]").await;
     let plan = b.wait_text("#create-out", RUN_WAIT, |t| t.contains("Plan:")).await;
     assert!(plan.contains("Plan: 4 to add, 0 to change, 0 to destroy."), "{plan}");
-    b.screenshot("2-create-preview").await;
+    b.screenshot("3-create-preview").await;
 
     // Create, and follow the run live to ready.
     b.click("button[name=create]").await;
@@ -114,7 +128,7 @@ async fn a_user_signs_up_creates_three_machines_runs_a_command_and_destroys_them
     for name in ["local-0", "local-1", "local-2"] {
         assert!(machines.contains(name), "{machines}");
     }
-    b.screenshot("3-deployment").await;
+    b.screenshot("4-deployment").await;
 
     // A command on every machine, each one's result side by side.
     b.type_into("#command-form textarea[name=shell]", "echo \"hello from $NIM_MACHINE\"").await;
@@ -129,9 +143,10 @@ async fn a_user_signs_up_creates_three_machines_runs_a_command_and_destroys_them
         assert!(card.contains(&format!("hello from {name}")) && card.contains("exit 0"), "{card}");
     }
     assert!(results.contains("3 succeeded"), "{results}");
-    b.screenshot("4-command").await;
+    b.screenshot("5-command").await;
     b.client.set_window_size(360, 900).await.unwrap();
-    b.screenshot("5-deployment-360px").await;
+    b.eval("window.scrollTo(0, 0)").await;
+    b.screenshot("6-deployment-360px").await;
     b.client.set_window_size(1280, 1000).await.unwrap();
 
     // Destroy after typing the name.
@@ -140,7 +155,7 @@ async fn a_user_signs_up_creates_three_machines_runs_a_command_and_destroys_them
     b.wait_text("main h1", RUN_WAIT, |t| t.contains("destroyed")).await;
     b.click("a[href='#/']").await;
     b.wait_text("#deployments", Duration::from_secs(10), |t| t.contains("destroyed")).await;
-    b.screenshot("6-list").await;
+    b.screenshot("7-list").await;
 
     // Everything the page loaded or called came from its own origin, and nothing was blocked.
     let urls = b
