@@ -255,6 +255,8 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
             header::AUTHORIZATION,
             header::CONTENT_TYPE,
             HeaderName::from_static("idempotency-key"),
+            // Browsers following a run with `fetch` resume the event stream with it.
+            HeaderName::from_static("last-event-id"),
             REQUEST_ID,
         ])
         .expose_headers([REQUEST_ID, header::RETRY_AFTER, header::LOCATION])

@@ -190,3 +190,26 @@ async fn a_user_signs_up_creates_three_machines_runs_a_command_and_destroys_them
     }
     assert!(!metrics.contains(r#"status="5"#), "a 5xx answer:\n{metrics}");
 }
+
+#[tokio::test]
+async fn a_frontend_on_another_origin_may_resume_the_event_stream_with_last_event_id() {
+    let app = app().env("NIM_CORS_ORIGINS", "https://frontend.example").spawn().await;
+    let preflight = app
+        .client
+        .request(
+            reqwest::Method::OPTIONS,
+            app.url("/infrastructure/0190aaaa-bbbb-7ccc-8ddd-eeeeeeeeeeee/events"),
+        )
+        .header(header::ORIGIN, "https://frontend.example")
+        .header(header::ACCESS_CONTROL_REQUEST_METHOD, "GET")
+        .header(header::ACCESS_CONTROL_REQUEST_HEADERS, "authorization,last-event-id")
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success(), "{}", preflight.status());
+    let allowed =
+        preflight.headers()[header::ACCESS_CONTROL_ALLOW_HEADERS].to_str().unwrap().to_owned();
+    for name in ["authorization", "last-event-id"] {
+        assert!(allowed.contains(name), "{allowed}");
+    }
+}
