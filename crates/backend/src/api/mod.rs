@@ -4,6 +4,7 @@
 mod agent;
 mod auth;
 mod commands;
+mod console;
 mod docs;
 mod error;
 mod extract;

@@ -26,7 +26,9 @@ use utoipa::{
 use utoipa_axum::router::OpenApiRouter;
 use wire::{FieldError, Problem};
 
-use super::{ApiError, AppState, agent, auth, commands, docs, health, infrastructure, metrics};
+use super::{
+    ApiError, AppState, agent, auth, commands, console, docs, health, infrastructure, metrics,
+};
 use crate::config::Config;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -46,6 +48,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
         (name = "health", description = "Liveness and readiness probes"),
         (name = "agent", description = "The nim-agent binary cloud machines install"),
         (name = "docs", description = "This API's description"),
+        (name = "console", description = "The web console, served by this server"),
     )
 )]
 struct ApiDoc;
@@ -89,6 +92,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .merge(agent::router())
         .merge(docs::router())
         .merge(metrics::router())
+        .merge(console::router())
 }
 
 /// The OpenAPI document of everything [`router`] serves, with the answers every operation
@@ -251,6 +255,8 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
             header::AUTHORIZATION,
             header::CONTENT_TYPE,
             HeaderName::from_static("idempotency-key"),
+            // Browsers following a run with `fetch` resume the event stream with it.
+            HeaderName::from_static("last-event-id"),
             REQUEST_ID,
         ])
         .expose_headers([REQUEST_ID, header::RETRY_AFTER, header::LOCATION])

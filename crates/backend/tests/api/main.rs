@@ -7,6 +7,7 @@
 mod auth;
 mod clouds;
 mod commands;
+mod console;
 mod fuzz;
 mod gotrue_stub;
 mod helpers;

@@ -18,6 +18,7 @@ use nim_backend::store::testing::PostgresDatabase;
 
 #[path = "../../support/binaries.rs"]
 mod binaries;
+mod browser;
 mod events;
 mod fleet;
 mod machines;
@@ -30,7 +31,7 @@ use tempfile::TempDir;
     unused_imports,
     reason = "the benchmarks that include these helpers use few of the steps"
 )]
-pub use {events::*, fleet::*, machines::*};
+pub use {browser::*, events::*, fleet::*, machines::*};
 
 /// The secret test servers sign tokens with, so tests can mint tokens of their own.
 pub const JWT_SECRET: &str = "integration-test-secret-of-at-least-32-bytes";
