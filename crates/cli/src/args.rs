@@ -95,6 +95,47 @@ pub(crate) enum Command {
         #[arg(long)]
         detach: bool,
     },
+    /// Change a deployment's variables (`null` resets one to the module's default) and follow
+    /// the update until it is ready.
+    Update {
+        /// A deployment's name or id.
+        deployment: String,
+        /// A variable, `KEY=VALUE` (repeatable), typed as the module declares it; `KEY=null`
+        /// resets it to the module's default.
+        #[arg(long = "var", value_name = "KEY=VALUE", required = true)]
+        vars: Vec<String>,
+        /// Print what would change and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Return once the update is queued instead of following it.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Change how many machines a deployment has (machines that stay are untouched; on a
+    /// scale-down the highest-numbered go) and follow it.
+    Scale {
+        /// A deployment's name or id.
+        deployment: String,
+        /// The number of machines.
+        #[arg(long)]
+        count: u32,
+        /// Print what would change and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Return once the update is queued instead of following it.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Destroy one machine of a deployment and create it again, and follow it.
+    Replace {
+        /// A deployment's name or id.
+        deployment: String,
+        /// The machine's name (from `nimctl status`).
+        machine: String,
+        /// Return once the replace is queued instead of following it.
+        #[arg(long)]
+        detach: bool,
+    },
     /// Run a command on a deployment's machines and print each machine's result.
     Run(Run),
     /// Show a run's log (the latest run by default).

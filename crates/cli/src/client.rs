@@ -62,6 +62,14 @@ impl fmt::Display for NotSignedIn {
 
 impl std::error::Error for NotSignedIn {}
 
+/// What `PATCH /infrastructure/{id}` answers.
+pub(crate) enum Updated {
+    Plan(PlanSummary),
+    Queued(Box<ProvisionResponse>),
+    /// The values given are the ones it has.
+    Unchanged,
+}
+
 /// What `POST /provision` answers.
 pub(crate) enum Provisioned {
     /// `?dry_run=true`.
@@ -282,6 +290,46 @@ impl Api {
     /// `POST /infrastructure/{id}/retry`: a failed deployment's last apply, queued again.
     pub(crate) async fn retry(&self, id: Uuid) -> anyhow::Result<ProvisionResponse> {
         let path = format!("infrastructure/{id}/retry");
+        self.authed(Method::POST, &path, Some(&json!({})), CALL_TIMEOUT).await
+    }
+
+    /// `PATCH /infrastructure/{id}` (`dry_run`: its plan). `None` when nothing changes.
+    pub(crate) async fn update(
+        &self,
+        id: Uuid,
+        variables: serde_json::Map<String, serde_json::Value>,
+        dry_run: bool,
+    ) -> anyhow::Result<Updated> {
+        let body = json!({"variables": variables});
+        let path = format!("infrastructure/{id}");
+        if dry_run {
+            let path = format!("{path}?dry_run=true");
+            let plan = self.authed(Method::PATCH, &path, Some(&body), DRY_RUN_TIMEOUT).await?;
+            return Ok(Updated::Plan(plan));
+        }
+        let response: wire::deployments::UpdateResponse =
+            self.authed(Method::PATCH, &path, Some(&body), CALL_TIMEOUT).await?;
+        Ok(match response.run {
+            Some(run) => Updated::Queued(Box::new(ProvisionResponse {
+                deployment: response.deployment,
+                run,
+            })),
+            None => Updated::Unchanged,
+        })
+    }
+
+    /// `POST /infrastructure/{id}/machines/{name}/replace`.
+    pub(crate) async fn replace(
+        &self,
+        id: Uuid,
+        machine: &str,
+    ) -> anyhow::Result<ProvisionResponse> {
+        if machine.is_empty()
+            || !machine.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            anyhow::bail!("`{machine}` is not a machine name (see `nimctl status`)");
+        }
+        let path = format!("infrastructure/{id}/machines/{machine}/replace");
         self.authed(Method::POST, &path, Some(&json!({})), CALL_TIMEOUT).await
     }
 

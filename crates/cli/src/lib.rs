@@ -20,8 +20,8 @@ use crate::{
     client::Api,
     output::{Progress, or_dash},
     verbs::{
-        cancel, command, commands, deploy, destroy, list, login, logs, providers, resolve, retry,
-        runs, show_deployment, signup,
+        cancel, command, commands, deploy, destroy, list, login, logs, providers, replace, resolve,
+        retry, runs, show_deployment, signup, update,
     },
 };
 
@@ -96,6 +96,15 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
             destroy(&cx, &deployment, yes, detach).await
         }
         Command::Retry { deployment, detach } => retry(&cx, &deployment, detach).await,
+        Command::Update { deployment, vars, dry_run, detach } => {
+            update(&cx, &deployment, &vars, None, dry_run, detach).await
+        }
+        Command::Scale { deployment, count, dry_run, detach } => {
+            update(&cx, &deployment, &[], Some(count), dry_run, detach).await
+        }
+        Command::Replace { deployment, machine, detach } => {
+            replace(&cx, &deployment, &machine, detach).await
+        }
         Command::Run(request) => command(&cx, request).await,
         Command::Logs { deployment, run, follow } => logs(&cx, &deployment, run, follow).await,
         Command::Runs { deployment } => runs(&cx, &deployment).await,

@@ -296,6 +296,13 @@ impl Store {
     ) -> StoreResult<()> {
         on_db!(self, |pool| async {
             let mut tx = pool.begin().await?;
+            // A write first: SQLite then takes the write lock at once, where a read first would
+            // have to upgrade later and fail (SQLITE_BUSY_SNAPSHOT) if another write came in
+            // between; Postgres holds the deployment's row, so its syncs run one at a time.
+            sqlx::query("UPDATE deployments SET updated_at = updated_at WHERE id = $1")
+                .bind(deployment_id)
+                .execute(&mut *tx)
+                .await?;
             let existing: Vec<(String,)> =
                 sqlx::query_as("SELECT name FROM machines WHERE deployment_id = $1")
                     .bind(deployment_id)

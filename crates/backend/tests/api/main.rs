@@ -5,6 +5,7 @@
 #![allow(unreachable_pub)]
 
 mod auth;
+mod changes;
 mod clouds;
 mod commands;
 mod console;

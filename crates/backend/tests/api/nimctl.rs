@@ -235,6 +235,25 @@ async fn nimctl_refreshes_an_expiring_session_and_exits_non_zero_when_a_deployme
     );
     user.nimctl(&["retry", "twice"]).await.fails_with("only a failed deployment can be retried");
 
+    // Scale it (a dry run first), replace a machine, and read what each run changed.
+    let plan = user.nimctl(&["scale", "twice", "--count", "2", "--dry-run"]).await.ok();
+    assert!(plan.stdout.contains("Plan: 1 to add, 0 to change, 0 to destroy."), "{}", plan.stdout);
+    let scaled = user.nimctl(&["scale", "twice", "--count", "2"]).await.ok();
+    assert!(scaled.stderr.contains("==> updating twice"), "{}", scaled.stderr);
+    assert!(scaled.stdout.contains("-1 "), "two machines: {}", scaled.stdout);
+    let same = user.nimctl(&["update", "twice", "--var", "machine_count=2"]).await.ok();
+    assert!(same.stderr.contains("nothing to do"), "{}", same.stderr);
+    user.nimctl(&["update", "twice", "--var", "machine_count=0"]).await.fails_with("machine_count");
+    let replaced = user.nimctl(&["replace", "twice", "flaky-1"]).await;
+    let replaced = match replaced.code {
+        0 => replaced,
+        _ => user.nimctl(&["replace", "twice", "local-1"]).await.ok(),
+    };
+    assert!(replaced.stdout.contains("status:    ready"), "{}", replaced.stdout);
+    let runs = user.nimctl(&["runs", "twice"]).await.ok();
+    assert!(runs.stdout.contains("machine_count: 1 → 2"), "{}", runs.stdout);
+    assert!(runs.stdout.contains("replaced "), "{}", runs.stdout);
+
     // A bad --server is a usage problem reported as such.
     let ran = user.nimctl(&["--server", "ftp://example.com", "whoami"]).await;
     assert_eq!(ran.code, 1);

@@ -15,7 +15,7 @@ use super::runs::follow_to_end;
 use crate::{
     Ctx, Outcome,
     args::{Deploy, Output},
-    client::{Api, Provisioned},
+    client::{Api, Provisioned, Updated},
     output::{self, or_dash, table, time},
     vars,
 };
@@ -98,27 +98,7 @@ pub(crate) async fn deploy(cx: &Ctx, deploy: Deploy) -> anyhow::Result<Outcome> 
     }
     let (response, replayed) =
         match cx.api.provision(&body, deploy.dry_run, deploy.idempotency_key.as_deref()).await? {
-            Provisioned::Plan(plan) => {
-                match cx.output {
-                    Output::Json => output::json(&plan)?,
-                    Output::Table => {
-                        print!(
-                            "{}",
-                            table(
-                                ["ACTION", "RESOURCE"],
-                                plan.resources
-                                    .iter()
-                                    .map(|r| [r.action.clone(), r.address.clone()])
-                            )
-                        );
-                        println!(
-                            "Plan: {} to add, {} to change, {} to destroy.",
-                            plan.add, plan.change, plan.destroy
-                        );
-                    }
-                }
-                return Ok(Outcome::Success);
-            }
+            Provisioned::Plan(plan) => return print_plan(cx, &plan),
             Provisioned::Queued { response, replayed } => (response, replayed),
         };
     let id = response.deployment.id;
@@ -269,6 +249,77 @@ pub(crate) async fn destroy(
     }
     let response = cx.api.destroy(id).await?;
     cx.progress.say(format!("==> destroying {} ({id})", view.name));
+    queued(cx, id, &response, detach).await
+}
+
+/// Prints what a dry run would do.
+fn print_plan(cx: &Ctx, plan: &wire::deployments::PlanSummary) -> anyhow::Result<Outcome> {
+    match cx.output {
+        Output::Json => output::json(plan)?,
+        Output::Table => {
+            print!(
+                "{}",
+                table(
+                    ["ACTION", "RESOURCE"],
+                    plan.resources.iter().map(|r| [r.action.clone(), r.address.clone()])
+                )
+            );
+            println!(
+                "Plan: {} to add, {} to change, {} to destroy.",
+                plan.add, plan.change, plan.destroy
+            );
+        }
+    }
+    Ok(Outcome::Success)
+}
+
+/// Changes a deployment's variables (`KEY=VALUE`, `KEY=null` to reset, or a machine count) and
+/// follows the update to the machines table.
+pub(crate) async fn update(
+    cx: &Ctx,
+    reference: &str,
+    vars: &[String],
+    count: Option<u32>,
+    dry_run: bool,
+    detach: bool,
+) -> anyhow::Result<Outcome> {
+    let id = resolve(&cx.api, reference).await?;
+    let view = cx.api.deployment(id).await?;
+    let provider = find_provider(cx.api.providers().await?.providers, &view.provider)?;
+    let (resets, given): (Vec<&String>, Vec<&String>) =
+        vars.iter().partition(|var| var.split_once('=').is_some_and(|(_, v)| v.trim() == "null"));
+    let given: Vec<String> = given.into_iter().cloned().collect();
+    let mut variables = vars::collect(&provider, &[] as &[&str], count, &given)?;
+    for reset in resets {
+        let (name, _) = reset.split_once('=').unwrap_or_default();
+        variables.insert(name.trim().to_owned(), serde_json::Value::Null);
+    }
+    if dry_run {
+        cx.progress.say(format!("==> planning the change of {} (nothing will change)", view.name));
+    }
+    match cx.api.update(id, variables, dry_run).await? {
+        Updated::Plan(plan) => print_plan(cx, &plan),
+        Updated::Unchanged => {
+            cx.progress.say(format!("==> {} already has these values; nothing to do", view.name));
+            Ok(Outcome::Success)
+        }
+        Updated::Queued(response) => {
+            cx.progress.say(format!("==> updating {} ({id})", view.name));
+            queued(cx, id, &response, detach).await
+        }
+    }
+}
+
+/// Replaces one machine of a deployment and follows the run to the machines table.
+pub(crate) async fn replace(
+    cx: &Ctx,
+    reference: &str,
+    machine: &str,
+    detach: bool,
+) -> anyhow::Result<Outcome> {
+    let id = resolve(&cx.api, reference).await?;
+    let response = cx.api.replace(id, machine).await?;
+    cx.progress.say(format!("==> replacing {machine} of {} ({id})", response.deployment.name));
     queued(cx, id, &response, detach).await
 }
 

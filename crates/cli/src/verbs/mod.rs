@@ -7,5 +7,7 @@ mod runs;
 
 pub(crate) use account::{login, signup};
 pub(crate) use commands::{command, commands};
-pub(crate) use deployments::{deploy, destroy, list, providers, resolve, retry, show_deployment};
+pub(crate) use deployments::{
+    deploy, destroy, list, providers, replace, resolve, retry, show_deployment, update,
+};
 pub(crate) use runs::{cancel, logs, runs};

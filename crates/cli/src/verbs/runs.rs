@@ -42,7 +42,7 @@ pub(crate) async fn runs(cx: &Ctx, reference: &str) -> anyhow::Result<Outcome> {
     let page = cx.api.runs(id).await?;
     output::show(cx.output, &page, |page| {
         table(
-            ["RUN", "KIND", "STATUS", "ATTEMPT", "STARTED", "FINISHED", "ERROR"],
+            ["RUN", "KIND", "STATUS", "ATTEMPT", "STARTED", "FINISHED", "CHANGES", "ERROR"],
             page.items.iter().map(|r| {
                 [
                     r.id.to_string(),
@@ -51,6 +51,7 @@ pub(crate) async fn runs(cx: &Ctx, reference: &str) -> anyhow::Result<Outcome> {
                     r.attempt.to_string(),
                     time(r.started_at),
                     time(r.finished_at),
+                    changes(r),
                     or_dash(r.error.as_ref()),
                 ]
             }),
@@ -125,4 +126,15 @@ pub(crate) async fn cancel(
         ),
     }
     Ok(Outcome::Success)
+}
+
+/// What a run changed: its variable changes (`machine_count: 2 → 5`), or the machine it replaced.
+fn changes(run: &wire::deployments::RunView) -> String {
+    let Some(inputs) = &run.inputs else { return "-".into() };
+    let mut parts: Vec<String> = inputs.changes.iter().map(ToString::to_string).collect();
+    parts.extend(inputs.replace.as_ref().map(|target| format!("replaced {}", target.machine)));
+    match parts.is_empty() {
+        true => "-".into(),
+        false => parts.join(", "),
+    }
 }

@@ -208,34 +208,43 @@ impl DeploymentService {
         deadline: tokio::time::Instant,
     ) -> Result<PlanSummary, DeploymentError> {
         let deployment = self.deployment(owner_id, id).await?;
-        let Change { module, secrets, after, .. } =
+        let Change { module, secrets, before, after } =
             self.change(owner_id, &deployment, patch).await?;
         self.terraform
             .cli()
             .map_err(|reason| DeploymentError::TerraformUnavailable(reason.to_owned()))?;
+        // Planned where its runs run (a copy elsewhere would differ in every path the module
+        // records), with the new values in a file of their own over the workspace's.
         let own = self.workspace(&deployment);
-        let (workspace, _guard) = Workspace::temporary(&self.data_dir, &module.name)?;
-        // The deployment's own module copy (what its runs apply), and a copy of its local state.
-        let modules = own.root.join("modules");
-        workspace.ensure_modules(match modules.is_dir() {
-            true => &modules,
-            false => self.catalog.root(),
-        })?;
-        let state = own.module_dir.join("terraform.tfstate");
-        if state.is_file() {
-            crate::services::terraform::workspace::copy_private(
-                &state,
-                &workspace.module_dir.join("terraform.tfstate"),
-            )?;
+        if !own.module_dir.is_dir() {
+            return Err(DeploymentError::Conflict(
+                "nothing of this deployment was applied yet; retry it instead".into(),
+            ));
         }
+        let (scratch, _guard) = Workspace::temporary(&self.data_dir, &module.name)?;
         let (plain, sensitive) = split_variables(&module, after);
         let changed = DeploymentRow { variables: Json(plain), ..deployment.clone() };
         let secrets = DeploymentSecrets { variables: sensitive, ..secrets };
-        let (plain, env) = self.run_inputs(&module, &changed, &secrets);
-        workspace.write_variables(&plain)?;
+        let (mut plain, env) = self.run_inputs(&module, &changed, &secrets);
+        // A variable reset to its default is still in the workspace's own file: name the default.
+        let reset: Vec<(String, Value)> = before
+            .keys()
+            .filter(|name| !plain.contains_key(*name))
+            .filter_map(|name| {
+                let variable = module.variables.get(name).filter(|v| !v.sensitive)?;
+                Some((name.clone(), variable.default.clone()?))
+            })
+            .collect();
+        plain.extend(reset);
+        let var_file = scratch.root.join("change.tfvars.json");
+        crate::services::terraform::workspace::write_private(
+            &var_file,
+            &serde_json::to_vec(&plain).map_err(anyhow::Error::from)?,
+        )?;
         let plan = Plan::Apply { replace: Vec::new() };
-        let steps = self.terraform.preview_steps(&workspace.module_dir, deployment.id, &plan)?;
-        self.plan(&workspace.module_dir, steps, &env, deadline).await
+        let steps =
+            self.terraform.preview_steps(&own.module_dir, deployment.id, &plan, &var_file)?;
+        self.plan(&own.module_dir, steps, &env, deadline).await
     }
 
     /// Queues a `replace` run: the machine `name` is destroyed and created again (its

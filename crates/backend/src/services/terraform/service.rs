@@ -188,23 +188,22 @@ impl TerraformService {
         Ok(steps)
     }
 
-    /// The steps of a run up to its plan, which is printed, not saved: what a dry run of a
-    /// change to an existing deployment runs in a throwaway copy of its workspace (with the same
-    /// state: Postgres's, or a copy of the local state file).
+    /// The steps of a run up to its plan, which is printed, not saved, with the variables of
+    /// `var_file` over the workspace's own: what a dry run of a change to an existing deployment
+    /// runs in its workspace (its module copy, `.terraform` and state, which the plan locks as a
+    /// run's would), leaving its files as they are.
     pub fn preview_steps(
         &self,
         dir: &Path,
         deployment_id: Uuid,
         plan: &Plan,
+        var_file: &Path,
     ) -> anyhow::Result<Vec<Step>> {
         let mut steps = self.run_steps(dir, deployment_id, plan)?;
         steps.retain(|step| step.name != "apply");
         for step in steps.iter_mut().filter(|step| step.name == "plan") {
             step.args.retain(|arg| arg != "-out=tfplan");
-            // A copy of local state is this plan's alone; Postgres state is locked as usual.
-            if self.state_database.is_none() {
-                step.args.push("-lock=false".into());
-            }
+            step.args.push(format!("-var-file={}", var_file.display()));
         }
         Ok(steps)
     }

@@ -135,3 +135,12 @@ pub fn set_link(app: &TestApp, id: &str, machine: &str, up: bool) {
         .unwrap();
     assert!(status.success());
 }
+
+/// The host pid of the agent of one machine of a deployment.
+pub fn agent_of(id: &str, machine: &str) -> Option<u32> {
+    let cgroup = format!("/{id}-{machine}");
+    local_agents()
+        .into_iter()
+        .find(|(_, groups)| groups.lines().any(|line| line.ends_with(&cgroup)))
+        .map(|(pid, _)| pid)
+}
