@@ -7,7 +7,8 @@ use wire::status::{DeploymentStatus, MachineStatus, RunKind, RunStatus};
 
 use crate::helpers::{
     TestApp, agent_of, agents, app, assert_problem, deployment, every_machine, json_ok,
-    machines_of, provision_ready, run_kinds, start, wait_for_command, wait_for_status,
+    machines_of, provision_ready, run_kinds, start, wait_for_apply, wait_for_command,
+    wait_for_status,
 };
 
 async fn patch(app: &TestApp, token: &str, path: &str, body: &Value) -> reqwest::Response {
@@ -186,4 +187,59 @@ async fn scaling_keeps_the_machines_that_stay_and_a_command_on_them_runs_on() {
     )
     .await;
     assert!(agents(&app).is_empty());
+}
+
+#[tokio::test]
+async fn a_backend_killed_mid_update_converges_after_restart_without_leaking_agents() {
+    let mut first = app().provisioning().spawn().await;
+    let token = first.token("crash-update@example.com").await;
+    let id = provision_ready(
+        &first,
+        &token,
+        json!({"name": "phoenix", "provider": "local", "variables": {"machine_count": 1}}),
+    )
+    .await;
+    let kept = agent_of(&id, "local-0").expect("local-0's agent");
+    // New machines boot for 10 s (read at start: local-0 is not touched): a window the test
+    // cannot miss on a loaded machine.
+    let path = format!("/infrastructure/{id}");
+    let body = json!({"variables": {"machine_count": 3, "boot_delay_seconds": 10}});
+    assert_eq!(patch(&first, &token, &path, &body).await.status(), StatusCode::ACCEPTED);
+    wait_for_apply(&first, &token, &id, RunKind::Update, 2).await;
+    first.kill9();
+
+    let second = app().provisioning().dir(first.into_dir()).spawn().await;
+    let ready = wait_for_status(&second, &token, &id, DeploymentStatus::Ready).await;
+    assert_eq!(machines_of(&ready).len(), 3);
+    assert!(every_machine(&ready, MachineStatus::Healthy), "{ready:#?}");
+    let runs = json_ok(second.get(&format!("{path}/runs"), Some(&token)).await).await;
+    let runs: Vec<_> = runs["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["kind"].clone(),
+                r["status"].clone(),
+                r["attempt"].clone(),
+                r["inputs"]["changes"].as_array().map(Vec::len),
+            )
+        })
+        .collect();
+    assert_eq!(
+        runs,
+        [
+            (json!("update"), json!("succeeded"), json!(1), Some(2)),
+            (json!("update"), json!("interrupted"), json!(0), Some(2)),
+            (json!("apply"), json!("succeeded"), json!(0), Some(1)),
+        ],
+        "the re-queued update applies the same change"
+    );
+    // Exactly three agents, local-0's the first one: none leaked or started twice.
+    assert_eq!(agents(&second).len(), 3, "agents: {:?}", agents(&second));
+    assert_eq!(agent_of(&id, "local-0"), Some(kept));
+
+    second.delete_as(&token, &path).await;
+    wait_for_status(&second, &token, &id, DeploymentStatus::Destroyed).await;
+    assert!(agents(&second).is_empty());
 }
