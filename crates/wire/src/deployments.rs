@@ -191,9 +191,11 @@ pub const REDACTED: &str = "(sensitive)";
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct VariableChange {
     pub name: String,
-    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    /// Any JSON value.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Value>))]
     pub from: Option<Value>,
-    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    /// Any JSON value.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Value>))]
     pub to: Option<Value>,
 }
 
