@@ -33,7 +33,13 @@ export async function deploymentView(main, [id], signal) {
   const act = async (what) => {
     try { fill(out); await what(); await reload(); } catch (err) { showProblem(out, err, actions); }
   };
+  // Rebuilt only when what they offer changes: a reload every few seconds must not wipe the
+  // name being typed into the destroy form, or pull a button from under a click.
+  let actionsKey = "";
   const renderActions = () => {
+    const key = [d.status, d.latest_run?.id, d.latest_run?.status, d.machines?.length].join("|");
+    if (key === actionsKey) return;
+    actionsKey = key;
     const live = d.status !== "destroyed";
     const run = d.latest_run;
     const items = [];

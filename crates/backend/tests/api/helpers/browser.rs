@@ -132,8 +132,13 @@ impl Browser {
         field.send_keys(text).await.expect("type");
     }
 
+    /// Clicks the element `css`, finding it again if the page replaced it in between.
     pub async fn click(&self, css: &str) {
-        self.find(css).await.click().await.expect("click");
+        eventually(&format!("a click on {css}"), Duration::from_secs(30), || async {
+            let found = self.client.find(Locator::Css(css)).await.map_err(|err| err.to_string())?;
+            found.click().await.map_err(|err| err.to_string())
+        })
+        .await
     }
 
     /// Runs a script in the page and answers what it returns.
