@@ -168,24 +168,32 @@ async fn provision(
     let request =
         ProvisionRequest { name: body.name, provider: body.provider, variables: body.variables };
     if params.dry_run {
-        // Leave a second to answer within the request's own time limit.
-        let deadline =
-            tokio::time::Instant::now() + timeouts.0.saturating_sub(Duration::from_secs(1));
-        let summary = deployments.dry_run(request, deadline).await?;
+        let summary = deployments.dry_run(request, timeouts.dry_run_deadline()).await?;
         return Ok(Json(summary).into_response());
     }
     let key = idempotency_key(&headers)?;
     let (deployment, run, replayed) = deployments.provision(user.id, request, key).await?;
-    let mut response = queued(deployment, run).into_response();
+    Ok(mark_replayed(queued(deployment, run).into_response(), replayed))
+}
+
+/// An `Idempotency-Key` replay says so in `Idempotent-Replayed: true`.
+fn mark_replayed(mut response: Response, replayed: bool) -> Response {
     if replayed {
         response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
-    Ok(response)
+    response
 }
 
 /// The request time limit, for work (dry runs) that must finish within it.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestTimeout(pub Duration);
+
+impl RequestTimeout {
+    /// When a dry run must stop: a second before the request's limit, to leave time to answer.
+    fn dry_run_deadline(self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + self.0.saturating_sub(Duration::from_secs(1))
+    }
+}
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
@@ -307,8 +315,7 @@ async fn update_deployment(
     Json(body): Json<UpdateBody>,
 ) -> Result<Response, ApiError> {
     if params.dry_run {
-        let deadline =
-            tokio::time::Instant::now() + timeouts.0.saturating_sub(Duration::from_secs(1));
+        let deadline = timeouts.dry_run_deadline();
         let summary = deployments.preview_update(user.id, id, body.variables, deadline).await?;
         return Ok(Json(summary).into_response());
     }
@@ -319,11 +326,7 @@ async fn update_deployment(
         None => StatusCode::OK,
     };
     let body = UpdateResponse { deployment: deployment.into(), run: run.map(Into::into) };
-    let mut response = (status, Json(body)).into_response();
-    if replayed {
-        response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
-    }
-    Ok(response)
+    Ok(mark_replayed((status, Json(body)).into_response(), replayed))
 }
 
 /// Replace one machine: it is destroyed and created again, the others untouched.
